@@ -1,0 +1,40 @@
+"""What every ``python -m amc.X`` entry point shares: logging, threads, seed, and one-line errors."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from omegaconf import DictConfig
+
+from amc.errors import AmcError
+from amc.utils import seed_everything, set_threads
+
+log = logging.getLogger("amc")
+
+
+def setup_run(cfg: DictConfig) -> None:
+    """Apply the run-wide settings of a config: thread count and global seed.
+
+    Args:
+        cfg: the composed config (keys ``threads`` and ``seed``).
+    """
+    set_threads(cfg.get("threads"))
+    seed_everything(int(cfg.get("seed", 0)))
+
+
+def run_cli(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
+    """Run an entry point; an :class:`AmcError` becomes one line on stderr and exit status 2.
+
+    Args:
+        fn: the command's body.
+        cfg: its config.
+    """
+    try:
+        setup_run(cfg)
+        return fn(cfg)
+    except AmcError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,53 @@
+"""Accuracy of a model on tensors or a loader."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+
+@torch.no_grad()
+def accuracy(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    device: torch.device | str = "cpu",
+    topk: tuple[int, ...] = (1,),
+) -> dict[str, float]:
+    """Top-k accuracies (fractions in [0, 1]) and mean cross-entropy of ``model`` in eval mode.
+
+    Args:
+        model: the network (left in eval mode).
+        batches: (inputs, labels) pairs, e.g. a DataLoader.
+        device: where to run.
+        topk: which top-k accuracies to report.
+    """
+    model.eval()
+    correct = {k: 0 for k in topk}
+    loss, n = 0.0, 0
+    for x, y in batches:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        logits = model(x)
+        loss += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+        top = logits.topk(max(topk), dim=1).indices
+        hit = top == y.unsqueeze(1)
+        for k in topk:
+            correct[k] += int(hit[:, :k].any(dim=1).sum())
+        n += y.numel()
+    if n == 0:
+        raise ValueError("no samples to evaluate")
+    out = {f"top{k}": correct[k] / n for k in topk}
+    out["loss"] = loss / n
+    return out
+
+
+def tensor_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Split cached tensors into evaluation batches (views, no copies).
+
+    Args:
+        x: inputs.
+        y: labels.
+        batch_size: samples per batch.
+    """
+    return [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(y), batch_size)]

@@ -1,0 +1,180 @@
+"""``python -m amc.pretrain``: train a baseline model and cache it.
+
+The cache key is a hash of the model spec, the data (dataset, search split), the recipe and the seed,
+so a changed recipe trains a new checkpoint and an unchanged one loads instantly. Training writes a
+resumable state after every epoch; an interrupted run continues from the last finished epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from tqdm.auto import tqdm
+
+from amc.checkpoint import config_hash, load_checkpoint, load_file, load_state, save_checkpoint
+from amc.cli import run_cli
+from amc.data import DataModule
+from amc.errors import AmcError
+from amc.evaluate import accuracy
+from amc.graph import build_graph
+from amc.utils import atomic_torch_save, resolve_device
+
+log = logging.getLogger(__name__)
+
+RECIPE_KEYS = ("epochs", "lr", "momentum", "weight_decay", "nesterov", "label_smoothing", "batch_size")
+
+
+def arch_spec(model_cfg: DictConfig) -> dict[str, Any]:
+    """The model's config as a plain dict (the architecture spec stored in checkpoints).
+
+    Args:
+        model_cfg: the ``model`` config node (with ``_target_``).
+    """
+    spec = OmegaConf.to_container(model_cfg, resolve=True)
+    assert isinstance(spec, dict)
+    return spec
+
+
+def checkpoint_path(cfg: DictConfig, data: DataModule) -> Path:
+    """Where the pretrained checkpoint for this model, data, recipe and seed is cached.
+
+    Args:
+        cfg: the composed config.
+        data: the data module (its identity enters the key).
+    """
+    arch = arch_spec(cfg.model)
+    recipe = {k: cfg.pretrain.get(k) for k in RECIPE_KEYS}
+    data_id = {"name": data.name, "input_shape": list(data.input_shape), "search_size": data.search_size,
+               "split_seed": data.split_seed}
+    key = config_hash(arch, data_id, recipe, int(cfg.seed))
+    model_name = str(arch["_target_"]).rsplit(".", 1)[-1]
+    return Path(cfg.paths.cache_dir) / "pretrained" / f"{model_name}-{data.name}-{key}.pt"
+
+
+def _train_epoch(model: nn.Module, loader: Any, opt: torch.optim.Optimizer, sched: Any, device: torch.device,
+                 label_smoothing: float, desc: str) -> float:
+    model.train()
+    total, n = 0.0, 0
+    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
+    for x, y in bar:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        loss = nn.functional.cross_entropy(model(x), y, label_smoothing=label_smoothing)
+        if not torch.isfinite(loss):
+            raise AmcError(f"training loss became {float(loss)} ({desc}); lower pretrain.lr and run again")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        total += float(loss) * y.numel()
+        n += y.numel()
+        bar.set_postfix(loss=f"{total / n:.3f}")
+    return total / max(n, 1)
+
+
+def train_baseline(cfg: DictConfig, model: nn.Module, data: DataModule, path: Path) -> dict[str, Any]:
+    """Train ``model`` with the ``pretrain`` recipe, resuming from ``path``'s partial state if one exists.
+
+    Args:
+        cfg: the composed config.
+        model: a freshly built model.
+        data: the data module.
+        path: the final checkpoint path (the partial state sits beside it).
+    """
+    device = resolve_device(cfg.device)
+    rc = cfg.pretrain
+    model.to(device)
+    epochs = int(rc.epochs)
+    if epochs <= 0:
+        raise AmcError(f"pretrain.epochs={epochs} must be positive")
+    steps_per_epoch = len(data.train_loader(seed=0))
+    opt = torch.optim.SGD(model.parameters(), lr=float(rc.lr), momentum=float(rc.momentum),
+                          weight_decay=float(rc.weight_decay), nesterov=bool(rc.nesterov))
+    total_steps = epochs * steps_per_epoch
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
+    partial = path.with_suffix(".partial.pt")
+    start, history = 0, []
+    if partial.exists():
+        state = load_file(partial)
+        try:
+            load_state(model, state["model"], str(partial))
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            start, history = int(state["epoch"]), list(state["history"])
+            torch.set_rng_state(state["torch_rng"])
+        except (KeyError, ValueError) as exc:
+            raise AmcError(f"partial training state {partial} is unusable ({exc}); delete it to start over") from exc
+        log.info("resuming pretraining from epoch %d/%d (%s)", start, epochs, partial)
+    for epoch in tqdm(range(start, epochs), desc="pretrain", initial=start, total=epochs, dynamic_ncols=True):
+        # Each epoch's shuffling has its own seed, so a resumed run sees the same batches.
+        loader = data.train_loader(seed=int(cfg.seed) * 1000 + epoch)
+        t0 = time.perf_counter()
+        loss = _train_epoch(model, loader, opt, sched, device, float(rc.label_smoothing), f"epoch {epoch + 1}/{epochs}")
+        history.append({"epoch": epoch + 1, "train_loss": loss, "seconds": time.perf_counter() - t0})
+        log.info("epoch %d/%d: train loss %.4f", epoch + 1, epochs, loss)
+        atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                           "epoch": epoch + 1, "history": history, "torch_rng": torch.get_rng_state()}, partial)
+    test = accuracy(model, data.test_loader(), device, topk=(1, 5) if data.num_classes > 5 else (1,))
+    train_seconds = sum(h["seconds"] for h in history)
+    return {"test_top1": test["top1"], "test_loss": test["loss"], "test": test, "epochs": epochs,
+            "history": history, "train_seconds": train_seconds}
+
+
+def load_or_pretrain(cfg: DictConfig, data: DataModule | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """The pretrained baseline for ``cfg.model`` on ``cfg.data``: from the cache, or trained now.
+
+    Args:
+        cfg: the composed config (groups ``model``, ``data``, ``paths``, ``pretrain``).
+        data: an already-built data module (built from ``cfg.data`` when omitted).
+    """
+    data = data if data is not None else instantiate(cfg.data)
+    model = instantiate(cfg.model)
+    build_graph(model, data.input_shape)  # fails early, with a clear message, on a wrong input shape
+    path = checkpoint_path(cfg, data)
+    arch = arch_spec(cfg.model)
+    if path.exists() and not cfg.pretrain.get("force", False):
+        ckpt = load_checkpoint(path, expect_arch=arch)
+        load_state(model, ckpt["state_dict"], str(path))
+        log.info("loaded cached baseline %s (test top-1 %.4f)", path, ckpt["meta"].get("test_top1", float("nan")))
+        return model, {**ckpt["meta"], "path": str(path), "cached": True}
+    if not cfg.pretrain.get("auto", True):
+        raise AmcError(f"no pretrained checkpoint at {path}; run `python -m amc.pretrain` with the same model/data first")
+    log.info("training baseline %s on %s -> %s", arch["_target_"], data.name, path)
+    meta = train_baseline(cfg, model, data, path)
+    meta.update({"data": data.name, "seed": int(cfg.seed), "recipe": OmegaConf.to_container(cfg.pretrain, resolve=True)})
+    save_checkpoint(path, model, arch, meta)
+    path.with_suffix(".partial.pt").unlink(missing_ok=True)
+    model.cpu()
+    return model, {**meta, "path": str(path), "cached": False}
+
+
+def pretrain(cfg: DictConfig) -> dict[str, Any]:
+    """Train (or load from cache) the baseline and report its test accuracy.
+
+    Args:
+        cfg: the composed ``pretrain`` config.
+    """
+    t0 = time.perf_counter()
+    _, meta = load_or_pretrain(cfg)
+    took = time.perf_counter() - t0
+    state = "cached" if meta["cached"] else f"trained in {took:.0f} s"
+    print(f"baseline {meta['path']}: test top-1 {100 * meta['test_top1']:.2f}% ({state})")
+    return meta
+
+
+@hydra.main(version_base="1.3", config_path="pkg://amc.conf", config_name="pretrain")
+def main(cfg: DictConfig) -> None:
+    """Entry point of ``python -m amc.pretrain``."""
+    run_cli(pretrain, cfg)
+
+
+if __name__ == "__main__":
+    main()
