@@ -53,6 +53,8 @@ class Unit:
         in_groups: (group index, multiplier) pairs whose kept channels, times the multiplier, form this
             unit's input (a multiplier > 1 comes from a flatten in front of a linear layer).
         fixed_in: input channels that belong to no group (the model's input, for the first layer).
+        in_map: per input group, (this unit's input indices, the group channels they come from), so
+            a pruned group's kept channels translate into this unit's kept input columns.
     """
 
     index: int
@@ -73,6 +75,21 @@ class Unit:
     out_group: int | None = None
     in_groups: list[tuple[int, int]] = field(default_factory=list)
     fixed_in: int = 0
+    in_map: dict[int, tuple[list[int], list[int]]] = field(default_factory=dict)
+
+    def kept_inputs(self, keep: list[list[int]] | list) -> list[int]:
+        """This unit's input indices (dense numbering, ascending) that survive the kept group channels.
+
+        Args:
+            keep: kept channel indices per group (tensors or lists).
+        """
+        mapped: set[int] = set()
+        survive: set[int] = set()
+        for gi, (cols, roots) in self.in_map.items():
+            kept = {int(i) for i in keep[gi]}
+            mapped.update(cols)
+            survive.update(c for c, r in zip(cols, roots) if r in kept)
+        return sorted(survive | (set(range(self.in_channels)) - mapped))
 
     @property
     def depthwise(self) -> bool:
@@ -319,6 +336,7 @@ def build_graph(model: nn.Module, input_shape: tuple[int, ...] | list[int]) -> M
                     u.out_group = g.index
                     if (g.index, 1) not in u.in_groups:
                         u.in_groups.append((g.index, 1))
+                        u.in_map[g.index] = (list(range(g.channels)), list(range(g.channels)))
                     g.producers.append(u.index)
                     g.consumers.append(u.index)
                     claimed.add(u.index)
@@ -332,6 +350,7 @@ def build_graph(model: nn.Module, input_shape: tuple[int, ...] | list[int]) -> M
                     if n % g.channels:
                         reason = reason or f"consumer {u.name!r} maps its channels unevenly"
                     u.in_groups.append((g.index, max(1, n // g.channels)))
+                    u.in_map[g.index] = ([int(i) for i in idxs], [int(r) for r in item.root_idxs])
                     g.consumers.append(u.index)
                     if u.groups > 1:
                         reason = reason or f"its channels feed grouped conv {u.name!r} (groups={u.groups})"

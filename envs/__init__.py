@@ -1,0 +1,12 @@
+"""The compression environment ``amc/Compression-v0`` and its parts (budget wall, features)."""
+
+from gymnasium.envs.registration import register, registry
+
+from amc.envs.compression import MODES, CompressionEnv, make_env
+
+ENV_ID = "amc/Compression-v0"
+
+if ENV_ID not in registry:
+    register(id=ENV_ID, entry_point="amc.envs.compression:CompressionEnv")
+
+__all__ = ["ENV_ID", "MODES", "CompressionEnv", "make_env"]

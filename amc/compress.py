@@ -1,0 +1,273 @@
+"""Apply a compression policy: select channels, prune physically, reconstruct, quantize, recalibrate BN.
+
+This is the one path from a policy to a compressed model: the environment evaluates what it returns,
+and the finetune command starts from the same model, so the reward and the deployable network agree.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from amc.cost import FP32
+from amc.errors import AmcError
+from amc.graph import ModelGraph
+from amc.pruning import keep_indices, prune_model
+from amc.quantize import quantize_model
+from amc.selection import channel_scores
+
+
+@dataclass
+class Policy:
+    """A compression decision: kept channels per group, weight/activation bits per unit (32 = float).
+
+    Attributes:
+        kept: kept channels per group.
+        w_bits: weight bits per unit.
+        a_bits: activation bits per unit.
+    """
+
+    kept: list[int]
+    w_bits: list[int]
+    a_bits: list[int]
+
+    @classmethod
+    def dense(cls, graph: ModelGraph) -> Policy:
+        """The uncompressed policy of a graph."""
+        n = len(graph.units)
+        return cls(graph.full_channels(), [FP32] * n, [FP32] * n)
+
+    def validate(self, graph: ModelGraph) -> None:
+        """Raise :class:`AmcError` when the policy does not fit ``graph``."""
+        if len(self.kept) != len(graph.groups) or len(self.w_bits) != len(graph.units) or len(self.a_bits) != len(graph.units):
+            raise AmcError(
+                f"policy has {len(self.kept)} groups/{len(self.w_bits)} units but the model has "
+                f"{len(graph.groups)}/{len(graph.units)}; use a policy searched on this model"
+            )
+        for g, k in zip(graph.groups, self.kept):
+            if not 1 <= k <= g.channels or (not g.prunable and k != g.channels):
+                raise AmcError(f"policy keeps {k} of {g.channels} channels in group {g.root!r}, which is not allowed; "
+                               "use a policy searched on this model")
+
+    def to_dict(self, graph: ModelGraph) -> dict[str, Any]:
+        """JSON-ready form with names and channel counts (read back by :meth:`from_dict`)."""
+        c_in = {u.index: u.in_channels for u in graph.units}
+        kept_in = _unit_inputs(graph, self.kept)
+        return {
+            "groups": [{"root": g.root, "channels": g.channels, "kept": int(k)} for g, k in zip(graph.groups, self.kept)],
+            "units": [
+                {"name": u.name, "in_channels": int(kept_in[u.index]), "out_channels": int(self._out(u)),
+                 "dense_in_channels": c_in[u.index], "dense_out_channels": u.out_channels,
+                 "w_bits": int(w), "a_bits": int(a)}
+                for u, w, a in zip(graph.units, self.w_bits, self.a_bits)
+            ],
+        }
+
+    def _out(self, unit: Any) -> int:
+        return self.kept[unit.out_group] if unit.out_group is not None else unit.out_channels
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], graph: ModelGraph) -> Policy:
+        """Read a policy written by :meth:`to_dict`, checking it belongs to ``graph``'s model.
+
+        Args:
+            data: the parsed JSON.
+            graph: the model's graph.
+        """
+        try:
+            groups, units = data["groups"], data["units"]
+            roots = [g["root"] for g in groups]
+            names = [u["name"] for u in units]
+            policy = cls([int(g["kept"]) for g in groups], [int(u["w_bits"]) for u in units],
+                         [int(u["a_bits"]) for u in units])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise AmcError(f"policy is malformed ({type(exc).__name__}: {exc}); use a best_policy.json written by amc") from exc
+        if roots != [g.root for g in graph.groups] or names != [u.name for u in graph.units]:
+            raise AmcError("policy was searched on another model (layer names differ); use the policy of this model")
+        policy.validate(graph)
+        return policy
+
+    @classmethod
+    def load(cls, path: str | Path, graph: ModelGraph) -> Policy:
+        """Read a policy JSON file (a ``best_policy.json`` or a bare policy)."""
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise AmcError(f"cannot read policy {path} ({type(exc).__name__}); point to a best_policy.json") from exc
+        return cls.from_dict(data.get("policy", data), graph)
+
+
+def _unit_inputs(graph: ModelGraph, kept: Sequence[int]) -> list[int]:
+    return [u.fixed_in + sum(kept[g] * m for g, m in u.in_groups) for u in graph.units]
+
+
+def recalibrate_bn(model: nn.Module, batches: Sequence[torch.Tensor]) -> None:
+    """Re-estimate BatchNorm running statistics on ``batches`` (adaptive BN, EagleEye, Li et al. 2020).
+
+    Only the BatchNorm layers run in train mode; dropout and the rest stay in eval mode.
+
+    Args:
+        model: the model, modified in place and left in eval mode.
+        batches: input batches.
+    """
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not bns or not batches:
+        return
+    model.eval()
+    saved = []
+    for m in bns:
+        saved.append(m.momentum)
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over all recalibration batches
+        m.train()
+    with torch.no_grad():
+        for x in batches:
+            model(x)
+    for m, mom in zip(bns, saved):
+        m.momentum = mom
+        m.eval()
+
+
+@dataclass
+class _Features:
+    x: torch.Tensor  # [S, in_channels * k] sampled (unfolded) dense inputs
+    y: torch.Tensor  # [S, out_channels] dense outputs without bias
+    k: int
+
+
+@dataclass
+class Compressor:
+    """Turns policies into compressed copies of a dense model.
+
+    Args:
+        model: the dense, trained model (never modified).
+        graph: its graph.
+        selection: channel selection method (``l1``, ``l2``, ``bn``, ``thinet``).
+        calibration: input batches from the training data, used for activation ranges, BN
+            recalibration, ThiNet and reconstruction features.
+        bn_recalibration: re-estimate BatchNorm statistics after compression.
+        reconstruction: least-squares reconstruction of each pruned layer's consumers (AMC).
+        reconstruction_samples: sampled positions for the least-squares problems.
+        symmetric: symmetric (default) or asymmetric weight quantization.
+        seed: seed of the position sampling.
+    """
+
+    model: nn.Module
+    graph: ModelGraph
+    selection: str = "l1"
+    calibration: list[torch.Tensor] = field(default_factory=list)
+    bn_recalibration: bool = True
+    reconstruction: bool = False
+    reconstruction_samples: int = 2000
+    symmetric: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.model.eval()
+        self.scores = channel_scores(self.selection, self.model, self.graph, self.calibration)
+        self.example = torch.zeros((1, *self.graph.input_shape), device=next(self.model.parameters()).device)
+        self._features: dict[int, _Features] = self._capture_features() if self.reconstruction else {}
+
+    def keep(self, policy: Policy) -> list[torch.Tensor]:
+        """Indices of the channels each group keeps under ``policy``."""
+        return keep_indices(self.scores, policy.kept)
+
+    def apply(self, policy: Policy, timing: dict[str, float] | None = None) -> nn.Module:
+        """A compressed copy of the model (in eval mode) for ``policy``.
+
+        Args:
+            policy: the decision.
+            timing: when given, seconds spent per phase are added to it (selection, reconstruction,
+                quantization, bn_recalibration).
+        """
+        timing = timing if timing is not None else {}
+        t = time.perf_counter()
+        model = copy.deepcopy(self.model)
+        keep = self.keep(policy)
+        prune_model(model, self.graph, keep, self.example)
+        t = _lap(timing, "selection", t)
+        if self.reconstruction:
+            self._reconstruct(model, keep, policy)
+        t = _lap(timing, "reconstruction", t)
+        names = [u.name for u in self.graph.units]
+        if any(b < FP32 for b in list(policy.w_bits) + list(policy.a_bits)):
+            quantize_model(model, names, policy.w_bits, policy.a_bits, self.calibration, self.symmetric)
+        t = _lap(timing, "quantization", t)
+        if self.bn_recalibration:
+            recalibrate_bn(model, self.calibration)
+        _lap(timing, "bn_recalibration", t)
+        model.eval()
+        return model
+
+    def _reconstructable(self) -> list[int]:
+        out = set()
+        for g in self.graph.groups:
+            if g.prunable:
+                out.update(ui for ui in g.consumers if not self.graph.units[ui].depthwise and self.graph.units[ui].groups == 1)
+        return sorted(out)
+
+    def _capture_features(self) -> dict[int, _Features]:
+        units = self._reconstructable()
+        modules = dict(self.model.named_modules())
+        captured: dict[int, list[torch.Tensor]] = {u: [] for u in units}
+        handles = []
+        for ui in units:
+            def hook(_m: nn.Module, inputs: tuple, ui: int = ui) -> None:
+                captured[ui].append(inputs[0].detach())
+            handles.append(modules[self.graph.units[ui].name].register_forward_pre_hook(hook))
+        try:
+            with torch.no_grad():
+                for x in self.calibration:
+                    self.model(x)
+        finally:
+            for h in handles:
+                h.remove()
+        gen = torch.Generator().manual_seed(self.seed)
+        feats = {}
+        for ui in units:
+            u = self.graph.units[ui]
+            m = modules[u.name]
+            x = torch.cat(captured[ui]).float()
+            if u.kind == "conv":
+                cols = nn.functional.unfold(x, u.kernel_size, padding=u.padding, stride=u.stride, dilation=m.dilation)
+                cols = cols.permute(0, 2, 1).reshape(-1, cols.shape[1])
+            else:
+                cols = x.reshape(-1, x.shape[-1])
+            pick = torch.randperm(cols.shape[0], generator=gen)[: self.reconstruction_samples]
+            xs = cols[pick].cpu()
+            w = m.weight.detach().float().cpu().reshape(m.weight.shape[0], -1)
+            feats[ui] = _Features(x=xs, y=xs @ w.T, k=u.kernel_size[0] * u.kernel_size[1])
+        return feats
+
+    def _reconstruct(self, model: nn.Module, keep: list[torch.Tensor], policy: Policy) -> None:
+        modules = dict(model.named_modules())
+        for ui, f in self._features.items():
+            u = self.graph.units[ui]
+            cols = u.kept_inputs(keep)
+            if len(cols) == u.in_channels:
+                continue
+            rows = keep[u.out_group] if u.out_group is not None else torch.arange(u.out_channels)
+            col_idx = (torch.as_tensor(cols).unsqueeze(1) * f.k + torch.arange(f.k)).flatten()
+            a = f.x[:, col_idx].double()
+            b = f.y[:, rows].double()
+            # Ridge-stabilised normal equations: well-posed even with fewer samples than columns.
+            gram = a.T @ a
+            gram += 1e-6 * gram.diagonal().mean().clamp_min(1e-12) * torch.eye(gram.shape[0], dtype=gram.dtype)
+            sol = torch.linalg.solve(gram, a.T @ b)  # [cols*k, rows]
+            m = modules[u.name]
+            with torch.no_grad():
+                m.weight.copy_(sol.T.reshape(m.weight.shape).to(m.weight.dtype))
+
+
+def _lap(timing: dict[str, float], key: str, t0: float) -> float:
+    t = time.perf_counter()
+    timing[key] = timing.get(key, 0.0) + t - t0
+    return t

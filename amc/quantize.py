@@ -1,0 +1,124 @@
+"""Linear fake quantization of weights and activations with PyTorch's native fake-quantize ops.
+
+- Weights: per output channel, symmetric by default (narrow range, so b bits give at most 2^b - 1
+  levels), asymmetric as an option. Applied in place to a compressed copy.
+- Activations: per tensor, on each unit's input, calibrated on a few batches (max of |x|); unsigned
+  when calibration saw no negative value (e.g. after ReLU). Implemented as a forward pre-hook object
+  that holds its own scale, so deep copies and ``state_dict`` stay plain.
+
+``FP32`` (32) bits means "leave this tensor in float".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from amc.cost import FP32
+
+
+def quantize_weight(w: torch.Tensor, bits: int, symmetric: bool = True) -> torch.Tensor:
+    """Fake-quantize a weight tensor per output channel (dim 0) to ``bits`` bits.
+
+    Args:
+        w: the weight.
+        bits: 2..16, or ``FP32`` to return ``w`` unchanged.
+        symmetric: symmetric narrow range (zero point 0) or asymmetric min/max.
+    """
+    if bits >= FP32:
+        return w
+    if bits < 2:
+        raise ValueError(f"weight bits must be >= 2, got {bits}")
+    flat = w.detach().reshape(w.shape[0], -1).float()
+    eps = torch.finfo(torch.float32).tiny
+    if symmetric:
+        qmax = 2 ** (bits - 1) - 1
+        scale = (flat.abs().amax(dim=1) / qmax).clamp_min(eps)
+        zero = torch.zeros(w.shape[0], dtype=torch.int32)
+        qmin = -qmax
+    else:
+        qmin, qmax = 0, 2**bits - 1
+        lo = flat.amin(dim=1).clamp_max(0)
+        hi = flat.amax(dim=1).clamp_min(0)
+        scale = ((hi - lo) / qmax).clamp_min(eps)
+        zero = torch.round(-lo / scale).clamp(qmin, qmax).to(torch.int32)
+    out = torch.fake_quantize_per_channel_affine(w.float(), scale, zero.to(w.device), 0, qmin, qmax)
+    return out.to(w.dtype)
+
+
+class ActivationQuantizer:
+    """Forward pre-hook that fake-quantizes a module's input per tensor.
+
+    Args:
+        bits: activation bits (``FP32``: pass through).
+    """
+
+    def __init__(self, bits: int) -> None:
+        self.bits = int(bits)
+        self.max_abs = 0.0
+        self.signed = False
+        self.calibrating = True
+
+    def observe(self, x: torch.Tensor) -> None:
+        """Widen the calibrated range to cover ``x``."""
+        self.max_abs = max(self.max_abs, float(x.detach().abs().amax()))
+        self.signed = self.signed or bool((x.detach() < 0).any())
+
+    def __call__(self, _module: nn.Module, inputs: tuple) -> tuple | None:
+        x = inputs[0]
+        if self.calibrating:
+            self.observe(x)
+            return None
+        if self.bits >= FP32 or self.max_abs == 0.0:
+            return None
+        if self.signed:
+            qmin, qmax = -(2 ** (self.bits - 1) - 1), 2 ** (self.bits - 1) - 1
+        else:
+            qmin, qmax = 0, 2**self.bits - 1
+        scale = self.max_abs / qmax
+        return (torch.fake_quantize_per_tensor_affine(x, scale, 0, qmin, qmax), *inputs[1:])
+
+
+def quantize_model(
+    model: nn.Module,
+    unit_names: Sequence[str],
+    w_bits: Sequence[int],
+    a_bits: Sequence[int],
+    calibration: Sequence[torch.Tensor],
+    symmetric: bool = True,
+) -> list[torch.utils.hooks.RemovableHandle]:
+    """Quantize the weights of every unit in place and attach calibrated activation quantizers.
+
+    Returns the hook handles (``handle.remove()`` restores float activations).
+
+    Args:
+        model: a (compressed) model; modified in place.
+        unit_names: module names of the units, in graph order.
+        w_bits: weight bits per unit.
+        a_bits: activation bits per unit.
+        calibration: input batches for the activation ranges.
+        symmetric: symmetric (default) or asymmetric weight quantization.
+    """
+    modules = dict(model.named_modules())
+    with torch.no_grad():
+        for name, wb in zip(unit_names, w_bits):
+            if int(wb) < FP32:
+                m = modules[name]
+                m.weight.copy_(quantize_weight(m.weight, int(wb), symmetric))
+    hooks: list[tuple[ActivationQuantizer, torch.utils.hooks.RemovableHandle]] = []
+    for name, ab in zip(unit_names, a_bits):
+        if int(ab) < FP32:
+            q = ActivationQuantizer(int(ab))
+            hooks.append((q, modules[name].register_forward_pre_hook(q)))
+    if hooks:
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            for x in calibration:
+                model(x)
+        model.train(was_training)
+        for q, _ in hooks:
+            q.calibrating = False
+    return [h for _, h in hooks]

@@ -1,0 +1,277 @@
+"""The compression environment: API conformance, hard budgets, determinism, and what compression does."""
+
+from __future__ import annotations
+
+import copy
+import warnings
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from conftest import ConcatNet
+from gymnasium.utils.env_checker import check_env
+from stable_baselines3.common.env_checker import check_env as sb3_check_env
+from torch import nn
+
+from amc.compress import Compressor, Policy
+from amc.cost import FP32
+from amc.envs import ENV_ID, CompressionEnv
+from amc.envs.compression import action_to_level, bit_levels
+from amc.errors import AmcError
+from amc.graph import build_graph
+from amc.models import build_model
+from amc.pruning import prune_model
+from amc.quantize import quantize_weight
+from amc.selection import channel_scores
+
+
+def make_small_env(mode: str = "joint", budgets: dict | None = None, model: nn.Module | None = None,
+                   input_shape: tuple[int, ...] = (1, 28, 28), **kwargs) -> CompressionEnv:
+    torch.manual_seed(0)
+    model = model if model is not None else build_model("fmnist_cnn", num_classes=10, in_channels=1)
+    model.eval()
+    graph = build_graph(model, input_shape)
+    gen = torch.Generator().manual_seed(1)
+    calib = [torch.randn(16, *input_shape, generator=gen) for _ in range(2)]
+    x = torch.randn(64, *input_shape, generator=gen)
+    y = torch.randint(0, 10, (64,), generator=gen)
+    comp = Compressor(model, graph, calibration=calib, selection=kwargs.pop("selection", "l1"))
+    return CompressionEnv(comp, (x, y), budgets=budgets, mode=mode, **kwargs)
+
+
+@pytest.mark.parametrize("mode", ["prune", "quantize", "joint"])
+def test_check_env_clean(mode: str) -> None:
+    budgets = {"size": 0.3} if mode == "quantize" else {"macs": 0.5, "params": 0.6}
+    env = make_small_env(mode, budgets)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_env(env, skip_render_check=True)
+        sb3_check_env(env, warn=True)
+    assert env.action_space.shape == ({"prune": 1, "quantize": 2, "joint": 3}[mode],)
+
+
+def test_registered_and_made_through_gym() -> None:
+    base = make_small_env("prune", {"macs": 0.6})
+    env = gym.make(ENV_ID, compressor=base.compressor, search_data=(base.search_x, base.search_y),
+                   budgets={"macs": 0.6}, mode="prune")
+    obs, _ = env.reset(seed=3)
+    assert obs.shape == base.observation_space.shape
+
+
+BUDGET_SETS = [
+    ("prune", {"macs": 0.3}),
+    ("prune", {"macs": 0.5, "params": 0.4}),
+    ("quantize", {"size": 0.15}),
+    ("quantize", {"bitops": 0.02, "size": 0.2}),
+    ("joint", {"macs": 0.4, "size": 0.1}),
+    ("joint", {"bitops": 0.01, "params": 0.5, "macs": 0.5}),
+]
+
+
+@pytest.mark.parametrize(("mode", "budgets"), BUDGET_SETS)
+@pytest.mark.parametrize("multiple", [1, 8])
+def test_budgets_always_hold_on_random_actions(mode: str, budgets: dict, multiple: int) -> None:
+    env = make_small_env(mode, budgets, channel_multiple=multiple)
+    rng = np.random.default_rng(0)
+    episodes = 400
+    tightest = {n: 0.0 for n in budgets}
+    for ep in range(episodes):
+        env.reset()
+        # Mix uniform actions with all-max ones (the hardest case for the wall).
+        for _ in range(env.n_units):
+            a = np.ones(env.action_dim) if ep % 4 == 0 else rng.uniform(-1, 1, env.action_dim)
+            env.decide(a)
+        ratios = env.wall.ratios(env.kept, env.w, env.a)
+        for n, target in budgets.items():
+            assert ratios[n] <= target * (1 + 1e-9), (n, ratios[n], target)
+            tightest[n] = max(tightest[n], ratios[n] / target)
+        if multiple > 1:
+            for g in env.decides.values():
+                ch = env.graph.groups[g].channels
+                assert env.kept[g] % multiple == 0 or env.kept[g] == ch
+    # The wall must not be needlessly strict: the all-max episodes get close to the binding budget.
+    assert max(tightest.values()) > 0.9
+
+
+def test_episode_info_reports_targets_achieved_and_policy() -> None:
+    env = make_small_env("joint", {"macs": 0.5, "size": 0.2})
+    env.reset(seed=0)
+    done, info = False, {}
+    while not done:
+        _, reward, done, _, info = env.step(np.ones(3, dtype=np.float32))
+    for n in ("macs", "size"):
+        assert info["budgets"][n]["achieved"] <= info["budgets"][n]["target"]
+        assert info[f"ratio/{n}"] == info["budgets"][n]["achieved"]
+    assert reward == info["reward"] == pytest.approx(info["accuracy"])
+    assert len(info["policy"]["units"]) == env.n_units
+    assert {"selection", "quantization", "bn_recalibration", "evaluation"} <= set(info["timing"])
+    assert 0.0 <= info["accuracy"] <= 1.0
+
+
+def test_same_seed_same_actions_same_everything() -> None:
+    def run() -> tuple[list[np.ndarray], float, dict]:
+        env = make_small_env("joint", {"macs": 0.5})
+        rng = np.random.default_rng(7)
+        obs, _ = env.reset(seed=11)
+        trace, done, info, reward = [obs], False, {}, 0.0
+        while not done:
+            obs, reward, done, _, info = env.step(rng.uniform(-1, 1, 3).astype(np.float32))
+            trace.append(obs)
+        return trace, reward, info["policy"]
+
+    t1, r1, p1 = run()
+    t2, r2, p2 = run()
+    assert all(np.array_equal(a, b) for a, b in zip(t1, t2))
+    assert r1 == r2 and p1 == p2
+
+
+def test_unreachable_budget_names_smallest_ratio() -> None:
+    with pytest.raises(AmcError, match=r"unreachable: the smallest reachable ratio is 0\.\d+"):
+        make_small_env("prune", {"macs": 0.001})
+    with pytest.raises(AmcError, match="needs a hardware model"):
+        make_small_env("joint", {"latency": 0.5})
+    with pytest.raises(AmcError, match="unknown mode"):
+        make_small_env("shrink", {})
+
+
+def test_bit_levels_and_action_mapping() -> None:
+    assert bit_levels(2, 8) == [2, 3, 4, 5, 6, 7, 8]
+    assert bit_levels(4, 8, allow_fp32=True)[-1] == FP32
+    assert [action_to_level(a, 4) for a in (-1.0, -0.49, 0.0, 0.49, 0.51, 1.0)] == [0, 1, 2, 2, 3, 3]
+    with pytest.raises(AmcError):
+        bit_levels(6, 4)
+
+
+def test_fp32_is_an_explicit_top_level() -> None:
+    env = make_small_env("quantize", {}, allow_fp32=True)
+    env.reset()
+    for _ in range(env.n_units):
+        env.decide(np.ones(2))
+    assert set(env.w.tolist()) == {FP32} and set(env.a.tolist()) == {FP32}
+
+
+# --- what compression does ---------------------------------------------------------------------
+class TwoLayer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 4, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(4)
+        self.conv2 = nn.Conv2d(4, 3, 3, padding=1)
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv2(torch.relu(self.bn(self.conv1(x))))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+def hand_built() -> TwoLayer:
+    m = TwoLayer().eval()
+    with torch.no_grad():
+        m.conv1.weight.zero_()
+        for c, scale in enumerate([0.5, 3.0, 0.1, 2.0]):  # L1 order: 1 > 3 > 0 > 2
+            m.conv1.weight[c] = scale
+        m.bn.weight.copy_(torch.tensor([5.0, 0.2, 4.0, 0.1]))  # BN order: 0 > 2 > 1 > 3
+        m.bn.bias.zero_()
+        m.conv2.weight.zero_()
+        m.conv2.weight[:, 3] = 1.0  # only channel 3 reaches the output...
+        m.conv2.weight[:, 0] = 0.01  # ...channel 0 a little
+    return m
+
+
+def test_selection_keeps_the_right_channels() -> None:
+    m = hand_built()
+    graph = build_graph(m, (1, 6, 6))
+    g = graph.units[0].out_group
+    top2 = {meth: set(torch.topk(channel_scores(meth, m, graph, [torch.rand(8, 1, 6, 6) + 0.1])[g], 2).indices.tolist())
+            for meth in ("l1", "l2", "bn", "thinet")}
+    assert top2["l1"] == top2["l2"] == {1, 3}
+    assert top2["bn"] == {0, 2}
+    assert top2["thinet"] == {3, 0}  # the channels the next layer actually uses
+
+
+def test_reconstruction_lowers_next_layer_error() -> None:
+    torch.manual_seed(0)
+    model = build_model("fmnist_cnn", num_classes=10, in_channels=1).eval()
+    graph = build_graph(model, (1, 28, 28))
+    calib = [torch.randn(32, 1, 28, 28) for _ in range(2)]
+    kept = graph.channels_from_ratios([0.5] * len(graph.groups))
+    policy = Policy(kept, [FP32] * len(graph.units), [FP32] * len(graph.units))
+    target_unit = graph.units[2]  # a conv whose input group is pruned by half
+
+    def layer_error(reconstruction: bool) -> float:
+        comp = Compressor(model, graph, calibration=calib, bn_recalibration=False, reconstruction=reconstruction,
+                          reconstruction_samples=3000)
+        pruned = comp.apply(policy)
+        keep = comp.keep(policy)
+        # Feed the pruned layer the dense input restricted to the kept channels; compare its kept outputs.
+        x = {}
+        h = dict(model.named_modules())[target_unit.name].register_forward_pre_hook(lambda _m, i: x.setdefault("in", i[0]))
+        model(torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(5)))
+        h.remove()
+        dense_out = dict(model.named_modules())[target_unit.name](x["in"])[:, keep[target_unit.out_group]]
+        cols = target_unit.kept_inputs(keep)
+        out = dict(pruned.named_modules())[target_unit.name](x["in"][:, cols])
+        return float(((out - dense_out) ** 2).mean().detach())
+
+    assert layer_error(True) < 0.5 * layer_error(False)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_quantized_weights_have_at_most_2_pow_bits_values_per_channel(bits: int, symmetric: bool) -> None:
+    w = torch.randn(6, 5, 3, 3)
+    q = quantize_weight(w, bits, symmetric)
+    for c in range(w.shape[0]):
+        assert q[c].unique().numel() <= 2**bits
+    assert (q - w).abs().max() <= w.abs().max() / (2 ** (bits - 1) - 1 if symmetric else (2**bits - 1) / 2) + 1e-6
+    assert torch.equal(quantize_weight(w, FP32), w)
+
+
+@pytest.mark.parametrize("factory", [lambda: build_model("resnet20", num_classes=10, in_channels=1), ConcatNet])
+def test_sliced_model_equals_masked_model(factory) -> None:
+    torch.manual_seed(0)
+    model = factory().eval()
+    for m in model.modules():  # non-trivial BN statistics
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    shape = (1, 28, 28) if not isinstance(model, ConcatNet) else (1, 16, 16)
+    graph = build_graph(model, shape)
+    comp = Compressor(model, graph, bn_recalibration=False)
+    kept = graph.channels_from_ratios(list(np.random.default_rng(0).uniform(0.3, 0.9, len(graph.groups))))
+    policy = Policy(kept, [FP32] * len(graph.units), [FP32] * len(graph.units))
+    sliced = comp.apply(policy)
+    keep = comp.keep(policy)
+    masked = copy.deepcopy(model)
+    mods = dict(masked.named_modules())
+    with torch.no_grad():
+        for u in graph.units:  # zero every consumer's input columns of removed channels
+            cols = set(u.kept_inputs(keep))
+            drop = [c for c in range(u.in_channels) if c not in cols]
+            if drop and not u.depthwise:
+                mods[u.name].weight[:, drop] = 0.0
+    x = torch.randn(8, *shape)
+    assert torch.allclose(sliced(x), masked(x), atol=1e-5, rtol=1e-4)
+    assert sum(p.numel() for p in sliced.parameters()) < sum(p.numel() for p in model.parameters())
+
+
+def test_policy_round_trip_and_mismatch() -> None:
+    model = build_model("fmnist_cnn", num_classes=10, in_channels=1)
+    graph = build_graph(model, (1, 28, 28))
+    policy = Policy(graph.channels_from_ratios([0.5] * len(graph.groups)), [4] * len(graph.units), [8] * len(graph.units))
+    assert Policy.from_dict(policy.to_dict(graph), graph) == policy
+    other = build_graph(build_model("resnet20", num_classes=10, in_channels=1), (1, 28, 28))
+    with pytest.raises(AmcError, match="another model|groups"):
+        Policy.from_dict(policy.to_dict(graph), other)
+    bad = policy.to_dict(graph)
+    bad["groups"][-1]["kept"] = 3  # the classifier's outputs are not prunable
+    with pytest.raises(AmcError, match="not allowed"):
+        Policy.from_dict(bad, graph)
+
+
+def test_prune_model_rejects_wrong_lengths() -> None:
+    model = build_model("fmnist_cnn", num_classes=10, in_channels=1)
+    graph = build_graph(model, (1, 28, 28))
+    with pytest.raises(ValueError):
+        prune_model(model, graph, [])
