@@ -28,7 +28,7 @@ data: install
 	elif command -v apt-get >/dev/null 2>&1 && command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then \
 		sudo apt-get update -qq && sudo apt-get install -y -qq dataset-fashion-mnist; \
 	else \
-		$(BIN)/python -m amc.data.download fashion_mnist data/fashion-mnist; \
+		$(BIN)/python -m amc.data fashion_mnist data/fashion-mnist; \
 	fi
 
 run: data

@@ -35,6 +35,12 @@ def run_cli(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     try:
         setup_run(cfg)
         return fn(cfg)
-    except AmcError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except Exception as exc:
+        # Hydra wraps errors raised while instantiating configs; report the user's problem, not the wrapper.
+        cause: BaseException | None = exc
+        while cause is not None and not isinstance(cause, AmcError):
+            cause = cause.__cause__
+        if cause is None:
+            raise
+        print(f"error: {cause}", file=sys.stderr)
         sys.exit(2)

@@ -68,13 +68,13 @@ def _train_epoch(model: nn.Module, loader: Any, opt: torch.optim.Optimizer, sche
     for x, y in bar:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         loss = nn.functional.cross_entropy(model(x), y, label_smoothing=label_smoothing)
-        if not torch.isfinite(loss):
+        if not torch.isfinite(loss.detach()):
             raise AmcError(f"training loss became {float(loss)} ({desc}); lower pretrain.lr and run again")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-        total += float(loss) * y.numel()
+        total += float(loss.detach()) * y.numel()
         n += y.numel()
         bar.set_postfix(loss=f"{total / n:.3f}")
     return total / max(n, 1)

@@ -303,8 +303,8 @@ def make_env(
     Args:
         model: the trained dense model.
         data: a :class:`amc.data.DataModule` (search split and calibration batches come from it).
-        hardware: a hardware model factory result or ``None``; a callable taking the graph's units
-            (e.g. a Hydra partial of ``amc.hardware.HardwareModel``) is called with them.
+        hardware: an :class:`amc.hardware.Accelerator` (wrapped for this model's units), a ready
+            hardware model with ``model_cost``, or ``None``.
         reward: reward callable.
         budgets: target ratios per metric.
         selection: channel selection method.
@@ -319,12 +319,13 @@ def make_env(
         **env_kwargs: the remaining :class:`CompressionEnv` options (mode, min_keep, bits...).
     """
     from amc.graph import build_graph
+    from amc.hardware import Accelerator, HardwareModel
 
     device = torch.device(device)
     model = model.to(device).eval()
     graph = build_graph(model, data.input_shape)
-    if hardware is not None and callable(hardware) and not hasattr(hardware, "model_cost"):
-        hardware = hardware(graph.units)
+    if isinstance(hardware, Accelerator):
+        hardware = HardwareModel(hardware, graph.units)
     calib = [x.to(device) for x, _ in data.calibration_batches(calibration_batches, calibration_batch_size, seed)]
     compressor = Compressor(model, graph, selection=selection, calibration=calib, bn_recalibration=bn_recalibration,
                             reconstruction=reconstruction, symmetric=symmetric, seed=seed)

@@ -20,6 +20,7 @@ from amc.envs import ENV_ID, CompressionEnv
 from amc.envs.compression import action_to_level, bit_levels
 from amc.errors import AmcError
 from amc.graph import build_graph
+from amc.hardware import HardwareModel, load_preset
 from amc.models import build_model
 from amc.pruning import prune_model
 from amc.quantize import quantize_weight
@@ -37,7 +38,9 @@ def make_small_env(mode: str = "joint", budgets: dict | None = None, model: nn.M
     x = torch.randn(64, *input_shape, generator=gen)
     y = torch.randint(0, 10, (64,), generator=gen)
     comp = Compressor(model, graph, calibration=calib, selection=kwargs.pop("selection", "l1"))
-    return CompressionEnv(comp, (x, y), budgets=budgets, mode=mode, **kwargs)
+    preset = kwargs.pop("preset", None)
+    hardware = HardwareModel(load_preset(preset), graph.units) if preset else None
+    return CompressionEnv(comp, (x, y), budgets=budgets, mode=mode, hardware=hardware, **kwargs)
 
 
 @pytest.mark.parametrize("mode", ["prune", "quantize", "joint"])
@@ -69,12 +72,20 @@ BUDGET_SETS = [
 ]
 
 
-@pytest.mark.parametrize(("mode", "budgets"), BUDGET_SETS)
+HARDWARE_SETS = [
+    ("joint", {"latency": 0.4}, "bitfusion_edge"),
+    ("joint", {"energy": 0.3, "macs": 0.6}, "bismo_edge"),
+    ("prune", {"latency": 0.6}, "systolic_ws_32x32"),
+    ("quantize", {"latency": 0.9, "energy": 0.8}, "npu_int8_int4"),
+]
+
+
+@pytest.mark.parametrize(("mode", "budgets", "preset"), [(*b, None) for b in BUDGET_SETS] + HARDWARE_SETS)
 @pytest.mark.parametrize("multiple", [1, 8])
-def test_budgets_always_hold_on_random_actions(mode: str, budgets: dict, multiple: int) -> None:
-    env = make_small_env(mode, budgets, channel_multiple=multiple)
+def test_budgets_always_hold_on_random_actions(mode: str, budgets: dict, preset: str | None, multiple: int) -> None:
+    env = make_small_env(mode, budgets, channel_multiple=multiple, preset=preset)
     rng = np.random.default_rng(0)
-    episodes = 400
+    episodes = 400 if preset is None else 150
     tightest = {n: 0.0 for n in budgets}
     for ep in range(episodes):
         env.reset()
