@@ -1,0 +1,87 @@
+"""``python -m amc.hardware model=<name> hardware=<preset> [policy=<file>]``: per-layer hardware report.
+
+Prints the per-layer table (MACs, cycles, latency, energy split, bound, utilisation) of the model dense and
+unquantized, and under the policy when one is given, and writes ``roofline.png`` and
+``latency_breakdown.png`` to the Hydra run directory.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+from amc.cli import run_cli
+from amc.hardware.model import HardwareModel
+from amc.hardware.presets import build_accelerator
+from amc.hardware.report import (
+    format_table,
+    load_policy,
+    plot_latency_breakdown,
+    plot_roofline,
+    policy_lists,
+)
+from amc.hardware.result import ModelCost
+
+log = logging.getLogger("amc.hardware")
+
+
+def hardware_report(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, ModelCost]:
+    """Build the model's graph, cost it on the preset, print the tables and write the plots.
+
+    Args:
+        cfg: the composed ``hardware_report`` config.
+        out_dir: where the plots go (None: the Hydra run directory).
+
+    Returns:
+        ``{"dense": cost}`` plus ``{"policy": cost}`` when a policy file is given.
+    """
+    from amc.graph import build_graph
+
+    accelerator = build_accelerator(cfg.hardware)
+    data = instantiate(cfg.data)
+    model = instantiate(cfg.model)
+    graph = build_graph(model, data.input_shape)
+    hw = HardwareModel(accelerator, graph.units, batch=cfg.get("batch"))
+    about = accelerator.describe()
+    print("hardware: " + ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                                   for k, v in about.items()))
+    print(f"model: {type(model).__name__}, input {tuple(data.input_shape)}, {len(graph.units)} units, "
+          f"batch {hw.batch}")
+    dense = hw.model_cost()
+    results = {"dense": dense}
+    print("\ndense, unquantized (32 = native bits):")
+    print(format_table(dense))
+    if cfg.get("policy"):
+        policy = load_policy(cfg.policy, graph.units)
+        after = hw.model_cost(*policy_lists(policy))
+        results["policy"] = after
+        print(f"\npolicy {cfg.policy}:")
+        print(format_table(after, policy))
+        print(
+            f"\nlatency {dense.latency_s * 1e3:.4f} -> {after.latency_s * 1e3:.4f} ms "
+            f"({dense.latency_s / after.latency_s:.2f}x), energy {dense.energy_j * 1e6:.3f} -> "
+            f"{after.energy_j * 1e6:.3f} uJ ({dense.energy_j / after.energy_j:.2f}x)"
+        )
+    if cfg.get("plots", True):
+        out = Path(out_dir) if out_dir is not None else Path(HydraConfig.get().runtime.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        runs = [("dense", dense)] + ([("policy", results["policy"])] if "policy" in results else [])
+        roof = plot_roofline(hw, runs, out / "roofline.png")
+        bars = plot_latency_breakdown(runs, out / "latency_breakdown.png")
+        log.info("wrote %s and %s", roof, bars)
+    return results
+
+
+@hydra.main(version_base="1.3", config_path="pkg://amc.conf", config_name="hardware_report")
+def main(cfg: DictConfig) -> None:
+    """Hydra entry point."""
+    run_cli(hardware_report, cfg)
+
+
+if __name__ == "__main__":
+    main()
