@@ -19,6 +19,7 @@ from amc.cli import run_cli
 from amc.hardware.model import HardwareModel
 from amc.hardware.presets import build_accelerator
 from amc.hardware.report import (
+    UnitPolicy,
     format_table,
     load_policy,
     plot_latency_breakdown,
@@ -55,7 +56,7 @@ def hardware_report(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[
     dense = hw.model_cost()
     results = {"dense": dense}
     print("\ndense, unquantized (32 = native bits):")
-    print(format_table(dense))
+    print(format_table(dense, [UnitPolicy(str(u.name), u.in_channels, u.out_channels) for u in graph.units]))
     if cfg.get("policy"):
         policy = load_policy(cfg.policy, graph.units)
         after = hw.model_cost(*policy_lists(policy))

@@ -256,9 +256,11 @@ class Accelerator(ABC):
 
     def roof_precisions(self) -> list[int]:
         """Distinct precisions (bits, equal for weights and activations) worth drawing a roof for."""
+        # Label each roof by the widest precision that runs at its speed (BitFusion: 2, 4, 8 bits).
         seen: dict[float, int] = {}
-        for b in (1, 2, 3, 4, 5, 6, 7, 8, FLOAT_BITS):
-            seen.setdefault(self.peak_ops_per_s(b, b), b)
+        for b in (1, 2, 3, 4, 5, 6, 7, 8):
+            seen[self.peak_ops_per_s(b, b)] = b
+        seen.setdefault(self.peak_ops_per_s(FLOAT_BITS, FLOAT_BITS), FLOAT_BITS)
         return sorted(seen.values())
 
     def describe(self) -> dict[str, object]:
