@@ -71,7 +71,9 @@ def load_file(path: str | Path) -> dict[str, Any]:
             "only load checkpoints written by amc"
         ) from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-        raise AmcError(f"checkpoint {path} is truncated or corrupt ({type(exc).__name__}); delete it and re-create it") from exc
+        raise AmcError(
+            f"checkpoint {path} is truncated or corrupt ({type(exc).__name__}); delete it and re-create it"
+        ) from exc
     if not isinstance(obj, dict):
         raise AmcError(f"{path} is not an amc checkpoint (got {type(obj).__name__}); point to a file written by amc")
     return obj

@@ -47,26 +47,40 @@ class Policy:
 
     def validate(self, graph: ModelGraph) -> None:
         """Raise :class:`AmcError` when the policy does not fit ``graph``."""
-        if len(self.kept) != len(graph.groups) or len(self.w_bits) != len(graph.units) or len(self.a_bits) != len(graph.units):
+        if (
+            len(self.kept) != len(graph.groups)
+            or len(self.w_bits) != len(graph.units)
+            or len(self.a_bits) != len(graph.units)
+        ):
             raise AmcError(
                 f"policy has {len(self.kept)} groups/{len(self.w_bits)} units but the model has "
                 f"{len(graph.groups)}/{len(graph.units)}; use a policy searched on this model"
             )
         for g, k in zip(graph.groups, self.kept):
             if not 1 <= k <= g.channels or (not g.prunable and k != g.channels):
-                raise AmcError(f"policy keeps {k} of {g.channels} channels in group {g.root!r}, which is not allowed; "
-                               "use a policy searched on this model")
+                raise AmcError(
+                    f"policy keeps {k} of {g.channels} channels in group {g.root!r}, which is not allowed; "
+                    "use a policy searched on this model"
+                )
 
     def to_dict(self, graph: ModelGraph) -> dict[str, Any]:
         """JSON-ready form with names and channel counts (read back by :meth:`from_dict`)."""
         c_in = {u.index: u.in_channels for u in graph.units}
         kept_in = _unit_inputs(graph, self.kept)
         return {
-            "groups": [{"root": g.root, "channels": g.channels, "kept": int(k)} for g, k in zip(graph.groups, self.kept)],
+            "groups": [
+                {"root": g.root, "channels": g.channels, "kept": int(k)} for g, k in zip(graph.groups, self.kept)
+            ],
             "units": [
-                {"name": u.name, "in_channels": int(kept_in[u.index]), "out_channels": int(self._out(u)),
-                 "dense_in_channels": c_in[u.index], "dense_out_channels": u.out_channels,
-                 "w_bits": int(w), "a_bits": int(a)}
+                {
+                    "name": u.name,
+                    "in_channels": int(kept_in[u.index]),
+                    "out_channels": int(self._out(u)),
+                    "dense_in_channels": c_in[u.index],
+                    "dense_out_channels": u.out_channels,
+                    "w_bits": int(w),
+                    "a_bits": int(a),
+                }
                 for u, w, a in zip(graph.units, self.w_bits, self.a_bits)
             ],
         }
@@ -86,10 +100,13 @@ class Policy:
             groups, units = data["groups"], data["units"]
             roots = [g["root"] for g in groups]
             names = [u["name"] for u in units]
-            policy = cls([int(g["kept"]) for g in groups], [int(u["w_bits"]) for u in units],
-                         [int(u["a_bits"]) for u in units])
+            policy = cls(
+                [int(g["kept"]) for g in groups], [int(u["w_bits"]) for u in units], [int(u["a_bits"]) for u in units]
+            )
         except (KeyError, TypeError, ValueError) as exc:
-            raise AmcError(f"policy is malformed ({type(exc).__name__}: {exc}); use a best_policy.json written by amc") from exc
+            raise AmcError(
+                f"policy is malformed ({type(exc).__name__}: {exc}); use a best_policy.json written by amc"
+            ) from exc
         if roots != [g.root for g in graph.groups] or names != [u.name for u in graph.units]:
             raise AmcError("policy was searched on another model (layer names differ); use the policy of this model")
         policy.validate(graph)
@@ -211,7 +228,9 @@ class Compressor:
         out = set()
         for g in self.graph.groups:
             if g.prunable:
-                out.update(ui for ui in g.consumers if not self.graph.units[ui].depthwise and self.graph.units[ui].groups == 1)
+                out.update(
+                    ui for ui in g.consumers if not self.graph.units[ui].depthwise and self.graph.units[ui].groups == 1
+                )
         return sorted(out)
 
     def _capture_features(self) -> dict[int, _Features]:
@@ -220,8 +239,10 @@ class Compressor:
         captured: dict[int, list[torch.Tensor]] = {u: [] for u in units}
         handles = []
         for ui in units:
+
             def hook(_m: nn.Module, inputs: tuple, ui: int = ui) -> None:
                 captured[ui].append(inputs[0].detach())
+
             handles.append(modules[self.graph.units[ui].name].register_forward_pre_hook(hook))
         try:
             with torch.no_grad():

@@ -252,12 +252,21 @@ def _trace_units(model: nn.Module, example: torch.Tensor) -> list[Unit]:
             cin_g = module.in_channels // module.groups
             weight = module.out_channels * cin_g * kh * kw
             unit = Unit(
-                index=len(units), name=name, kind="conv",
-                in_channels=module.in_channels, out_channels=module.out_channels,
-                kernel_size=(kh, kw), stride=_pair(module.stride), padding=_pair(module.padding),
-                groups=module.groups, in_hw=(int(in_shape[-2]), int(in_shape[-1])), out_hw=(oh, ow),
-                positions=positions, has_bias=module.bias is not None,
-                macs=positions * weight, params=weight + (module.out_channels if module.bias is not None else 0),
+                index=len(units),
+                name=name,
+                kind="conv",
+                in_channels=module.in_channels,
+                out_channels=module.out_channels,
+                kernel_size=(kh, kw),
+                stride=_pair(module.stride),
+                padding=_pair(module.padding),
+                groups=module.groups,
+                in_hw=(int(in_shape[-2]), int(in_shape[-1])),
+                out_hw=(oh, ow),
+                positions=positions,
+                has_bias=module.bias is not None,
+                macs=positions * weight,
+                params=weight + (module.out_channels if module.bias is not None else 0),
             )
         else:
             positions = 1
@@ -265,11 +274,21 @@ def _trace_units(model: nn.Module, example: torch.Tensor) -> list[Unit]:
                 positions *= int(d)
             weight = module.in_features * module.out_features
             unit = Unit(
-                index=len(units), name=name, kind="linear",
-                in_channels=module.in_features, out_channels=module.out_features,
-                kernel_size=(1, 1), stride=(1, 1), padding=(0, 0), groups=1, in_hw=(1, 1), out_hw=(1, 1),
-                positions=positions, has_bias=module.bias is not None,
-                macs=positions * weight, params=weight + (module.out_features if module.bias is not None else 0),
+                index=len(units),
+                name=name,
+                kind="linear",
+                in_channels=module.in_features,
+                out_channels=module.out_features,
+                kernel_size=(1, 1),
+                stride=(1, 1),
+                padding=(0, 0),
+                groups=1,
+                in_hw=(1, 1),
+                out_hw=(1, 1),
+                positions=positions,
+                has_bias=module.bias is not None,
+                macs=positions * weight,
+                params=weight + (module.out_features if module.bias is not None else 0),
             )
         units.append(unit)
     return units
@@ -321,8 +340,9 @@ def build_graph(model: nn.Module, input_shape: tuple[int, ...] | list[int]) -> M
             continue
         pruner = dg.get_pruner_of_module(module)
         tp_group = dg.get_pruning_group(module, pruner.prune_out_channels, list(range(unit.out_channels)))
-        g = Group(index=len(groups), root=unit.name, channels=unit.out_channels, producers=[], consumers=[],
-                  prunable=True)
+        g = Group(
+            index=len(groups), root=unit.name, channels=unit.out_channels, producers=[], consumers=[], prunable=True
+        )
         extra = 0.0
         reason = ""
         for item in tp_group:

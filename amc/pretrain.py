@@ -53,15 +53,26 @@ def checkpoint_path(cfg: DictConfig, data: DataModule) -> Path:
     """
     arch = arch_spec(cfg.model)
     recipe = {k: cfg.pretrain.get(k) for k in RECIPE_KEYS}
-    data_id = {"name": data.name, "input_shape": list(data.input_shape), "search_size": data.search_size,
-               "split_seed": data.split_seed}
+    data_id = {
+        "name": data.name,
+        "input_shape": list(data.input_shape),
+        "search_size": data.search_size,
+        "split_seed": data.split_seed,
+    }
     key = config_hash(arch, data_id, recipe, int(cfg.seed))
     model_name = str(arch["_target_"]).rsplit(".", 1)[-1]
     return Path(cfg.paths.cache_dir) / "pretrained" / f"{model_name}-{data.name}-{key}.pt"
 
 
-def _train_epoch(model: nn.Module, loader: Any, opt: torch.optim.Optimizer, sched: Any, device: torch.device,
-                 label_smoothing: float, desc: str) -> float:
+def _train_epoch(
+    model: nn.Module,
+    loader: Any,
+    opt: torch.optim.Optimizer,
+    sched: Any,
+    device: torch.device,
+    label_smoothing: float,
+    desc: str,
+) -> float:
     model.train()
     total, n = 0.0, 0
     bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
@@ -96,10 +107,17 @@ def train_baseline(cfg: DictConfig, model: nn.Module, data: DataModule, path: Pa
     if epochs <= 0:
         raise AmcError(f"pretrain.epochs={epochs} must be positive")
     steps_per_epoch = len(data.train_loader(seed=0))
-    opt = torch.optim.SGD(model.parameters(), lr=float(rc.lr), momentum=float(rc.momentum),
-                          weight_decay=float(rc.weight_decay), nesterov=bool(rc.nesterov))
+    opt = torch.optim.SGD(
+        model.parameters(),
+        lr=float(rc.lr),
+        momentum=float(rc.momentum),
+        weight_decay=float(rc.weight_decay),
+        nesterov=bool(rc.nesterov),
+    )
     total_steps = epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps)))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps))
+    )
     partial = path.with_suffix(".partial.pt")
     start, history = 0, []
     if partial.exists():
@@ -120,12 +138,27 @@ def train_baseline(cfg: DictConfig, model: nn.Module, data: DataModule, path: Pa
         loss = _train_epoch(model, loader, opt, sched, device, float(rc.label_smoothing), f"epoch {epoch + 1}/{epochs}")
         history.append({"epoch": epoch + 1, "train_loss": loss, "seconds": time.perf_counter() - t0})
         log.info("epoch %d/%d: train loss %.4f", epoch + 1, epochs, loss)
-        atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                           "epoch": epoch + 1, "history": history, "torch_rng": torch.get_rng_state()}, partial)
+        atomic_torch_save(
+            {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "epoch": epoch + 1,
+                "history": history,
+                "torch_rng": torch.get_rng_state(),
+            },
+            partial,
+        )
     test = accuracy(model, data.test_loader(), device, topk=(1, 5) if data.num_classes > 5 else (1,))
     train_seconds = sum(h["seconds"] for h in history)
-    return {"test_top1": test["top1"], "test_loss": test["loss"], "test": test, "epochs": epochs,
-            "history": history, "train_seconds": train_seconds}
+    return {
+        "test_top1": test["top1"],
+        "test_loss": test["loss"],
+        "test": test,
+        "epochs": epochs,
+        "history": history,
+        "train_seconds": train_seconds,
+    }
 
 
 def load_or_pretrain(cfg: DictConfig, data: DataModule | None = None) -> tuple[nn.Module, dict[str, Any]]:
@@ -146,10 +179,14 @@ def load_or_pretrain(cfg: DictConfig, data: DataModule | None = None) -> tuple[n
         log.info("loaded cached baseline %s (test top-1 %.4f)", path, ckpt["meta"].get("test_top1", float("nan")))
         return model, {**ckpt["meta"], "path": str(path), "cached": True}
     if not cfg.pretrain.get("auto", True):
-        raise AmcError(f"no pretrained checkpoint at {path}; run `python -m amc.pretrain` with the same model/data first")
+        raise AmcError(
+            f"no pretrained checkpoint at {path}; run `python -m amc.pretrain` with the same model/data first"
+        )
     log.info("training baseline %s on %s -> %s", arch["_target_"], data.name, path)
     meta = train_baseline(cfg, model, data, path)
-    meta.update({"data": data.name, "seed": int(cfg.seed), "recipe": OmegaConf.to_container(cfg.pretrain, resolve=True)})
+    meta.update(
+        {"data": data.name, "seed": int(cfg.seed), "recipe": OmegaConf.to_container(cfg.pretrain, resolve=True)}
+    )
     save_checkpoint(path, model, arch, meta)
     path.with_suffix(".partial.pt").unlink(missing_ok=True)
     model.cpu()

@@ -79,8 +79,10 @@ def _consumer_inputs(
     captured: dict[int, list[torch.Tensor]] = {u: [] for u in units}
     handles = []
     for ui in units:
+
         def hook(_m: nn.Module, inputs: tuple, ui: int = ui) -> None:
             captured[ui].append(inputs[0].detach())
+
         handles.append(modules[graph.units[ui].name].register_forward_pre_hook(hook))
     model.eval()
     try:
@@ -110,8 +112,13 @@ def thinet_scores(
         seed: seed of the position sampling.
     """
     fallback = magnitude_scores(model, graph, p=1)
-    consumers = {ui for g in graph.groups if g.prunable for ui in g.consumers
-                 if not graph.units[ui].depthwise and graph.units[ui].groups == 1}
+    consumers = {
+        ui
+        for g in graph.groups
+        if g.prunable
+        for ui in g.consumers
+        if not graph.units[ui].depthwise and graph.units[ui].groups == 1
+    }
     inputs = _consumer_inputs(model, graph, consumers, batches)
     modules = dict(model.named_modules())
     gen = torch.Generator().manual_seed(seed)
@@ -145,8 +152,9 @@ def _channel_contributions(
     w = module.weight.detach().float().cpu()
     x = x.float().cpu()
     if unit.kind == "conv":
-        cols = nn.functional.unfold(x, unit.kernel_size, padding=unit.padding, stride=unit.stride,
-                                    dilation=module.dilation)  # [N, C*k, L]
+        cols = nn.functional.unfold(
+            x, unit.kernel_size, padding=unit.padding, stride=unit.stride, dilation=module.dilation
+        )  # [N, C*k, L]
         n, ck, positions = cols.shape
         k = unit.kernel_size[0] * unit.kernel_size[1]
         pick = torch.randint(0, n * positions, (min(samples, n * positions),), generator=gen)

@@ -19,9 +19,9 @@ import time
 
 import numpy as np
 import torch
+from amc.envs import make_env
 
 from amc.data import FashionMNIST
-from amc.envs import make_env
 from amc.evaluate import accuracy, tensor_batches
 from amc.models import build_model
 
@@ -68,14 +68,27 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     data = FashionMNIST(root=args.root, num_classes=10, in_channels=1, image_size=28, search_size=5000)
-    cols = ["selection", "reconstruction", "quantization", "bn_recalibration", "evaluation", "wall_and_features", "other"]
-    print(f"mode={args.mode} reconstruction={'on' if args.reconstruction else 'off'} episodes={args.episodes} "
-          f"threads={args.threads} search split=5000")
+    cols = [
+        "selection",
+        "reconstruction",
+        "quantization",
+        "bn_recalibration",
+        "evaluation",
+        "wall_and_features",
+        "other",
+    ]
+    print(
+        f"mode={args.mode} reconstruction={'on' if args.reconstruction else 'off'} episodes={args.episodes} "
+        f"threads={args.threads} search split=5000"
+    )
     print(f"{'model':<12}" + "".join(f"{c[:12]:>13}" for c in cols) + f"{'episode s':>11}{'forward s':>11}{'ratio':>8}")
     for name in args.models.split(","):
         r = bench(name, data, args.episodes, args.reconstruction, args.mode)
-        print(f"{name:<12}" + "".join(f"{r.get(c, 0.0):>13.3f}" for c in cols)
-              + f"{r['episode']:>11.3f}{r['forward']:>11.3f}{r['ratio']:>8.2f}")
+        print(
+            f"{name:<12}"
+            + "".join(f"{r.get(c, 0.0):>13.3f}" for c in cols)
+            + f"{r['episode']:>11.3f}{r['forward']:>11.3f}{r['ratio']:>8.2f}"
+        )
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"peak memory (max RSS of this process): {peak:.0f} MiB")
 

@@ -1,8 +1,7 @@
 """The compression environment ``amc/Compression-v0`` and its parts (budget wall, features)."""
 
-from gymnasium.envs.registration import register, registry
-
 from amc.envs.compression import MODES, CompressionEnv, make_env
+from gymnasium.envs.registration import register, registry
 
 ENV_ID = "amc/Compression-v0"
 

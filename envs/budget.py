@@ -25,8 +25,9 @@ HARDWARE_METRICS = ("latency", "energy")
 class HardwareCostFn(Protocol):
     """What the wall needs from a hardware model: whole-model latency and energy for a configuration."""
 
-    def model_cost(self, c_in: Sequence[int], c_out: Sequence[int], w_bits: Sequence[int],
-                   a_bits: Sequence[int]) -> Any: ...
+    def model_cost(
+        self, c_in: Sequence[int], c_out: Sequence[int], w_bits: Sequence[int], a_bits: Sequence[int]
+    ) -> Any: ...
 
 
 class CostEvaluator:
@@ -43,8 +44,13 @@ class CostEvaluator:
         n = cost_model.n_units
         self.dense = self.metrics(cost_model.full_channels, np.full(n, FP32), np.full(n, FP32))
 
-    def metrics(self, kept: Sequence[int] | np.ndarray, w_bits: Sequence[int] | np.ndarray,
-                a_bits: Sequence[int] | np.ndarray, names: Sequence[str] = METRICS) -> dict[str, float]:
+    def metrics(
+        self,
+        kept: Sequence[int] | np.ndarray,
+        w_bits: Sequence[int] | np.ndarray,
+        a_bits: Sequence[int] | np.ndarray,
+        names: Sequence[str] = METRICS,
+    ) -> dict[str, float]:
         """The requested metrics (absolute values) of a configuration.
 
         Args:
@@ -57,7 +63,9 @@ class CostEvaluator:
         out = {"macs": float(c.macs), "params": float(c.params), "size": float(c.size_bits), "bitops": float(c.bitops)}
         if self.hardware is not None and any(n in HARDWARE_METRICS for n in names):
             c_in, c_out = self.cost_model.unit_channels(kept)
-            hw = self.hardware.model_cost(c_in.tolist(), c_out.tolist(), [int(b) for b in w_bits], [int(b) for b in a_bits])
+            hw = self.hardware.model_cost(
+                c_in.tolist(), c_out.tolist(), [int(b) for b in w_bits], [int(b) for b in a_bits]
+            )
             out["latency"] = float(hw.latency_s)
             out["energy"] = float(hw.energy_j)
         return {k: v for k, v in out.items() if k in names}
@@ -84,14 +92,16 @@ class BudgetWall:
         self.names = tuple(self.budgets)
         self.limits = {n: self.budgets[n] * evaluator.dense[n] for n in self.names}
 
-    def ratios(self, kept: Sequence[int] | np.ndarray, w_bits: Sequence[int] | np.ndarray,
-               a_bits: Sequence[int] | np.ndarray) -> dict[str, float]:
+    def ratios(
+        self, kept: Sequence[int] | np.ndarray, w_bits: Sequence[int] | np.ndarray, a_bits: Sequence[int] | np.ndarray
+    ) -> dict[str, float]:
         """Budgeted metrics of a configuration as ratios of the dense model."""
         m = self.evaluator.metrics(kept, w_bits, a_bits, self.names)
         return {n: m[n] / self.evaluator.dense[n] for n in self.names}
 
-    def feasible(self, kept: Sequence[int] | np.ndarray, w_bits: Sequence[int] | np.ndarray,
-                 a_bits: Sequence[int] | np.ndarray) -> bool:
+    def feasible(
+        self, kept: Sequence[int] | np.ndarray, w_bits: Sequence[int] | np.ndarray, a_bits: Sequence[int] | np.ndarray
+    ) -> bool:
         """Whether a configuration meets every budget."""
         if not self.names:
             return True

@@ -26,6 +26,8 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
+from amc.envs.budget import METRICS, BudgetWall, CostEvaluator, HardwareCostFn
+from amc.envs.features import FeatureBuilder
 
 from amc.compress import Compressor, Policy
 from amc.cost import FP32, CostModel
@@ -33,8 +35,6 @@ from amc.errors import AmcError
 from amc.evaluate import accuracy, tensor_batches
 from amc.graph import round_channels
 from amc.rewards import AccuracyReward
-from amc.envs.budget import METRICS, BudgetWall, CostEvaluator, HardwareCostFn
-from amc.envs.features import FeatureBuilder
 
 MODES = ("prune", "quantize", "joint")
 
@@ -128,12 +128,20 @@ class CompressionEnv(gym.Env):
                 if g.prunable:
                     self.decides[min(g.producers)] = g.index
         self.channel_choices = {
-            gi: sorted({round_channels(v, groups[gi].channels, self.channel_multiple, math.ceil(self.min_keep * groups[gi].channels))
-                        for v in range(1, groups[gi].channels + 1)})
+            gi: sorted(
+                {
+                    round_channels(
+                        v, groups[gi].channels, self.channel_multiple, math.ceil(self.min_keep * groups[gi].channels)
+                    )
+                    for v in range(1, groups[gi].channels + 1)
+                }
+            )
             for gi in self.decides.values()
         }
-        self.min_kept = np.array([self.channel_choices[g.index][0] if g.index in self.channel_choices else g.channels
-                                  for g in groups], dtype=np.int64)
+        self.min_kept = np.array(
+            [self.channel_choices[g.index][0] if g.index in self.channel_choices else g.channels for g in groups],
+            dtype=np.int64,
+        )
         self.min_w = np.full(self.n_units, self.w_levels[0], dtype=np.int64)
         self.min_a = np.full(self.n_units, self.a_levels[0], dtype=np.int64)
         self.wall.check_reachable(self.min_kept, self.min_w, self.min_a)
@@ -212,8 +220,9 @@ class CompressionEnv(gym.Env):
             gi = self.decides[t]
             channels = self.graph.groups[gi].channels
             keep_ratio = self.min_keep + (keep_a + 1.0) / 2.0 * (1.0 - self.min_keep)
-            wish = round_channels(keep_ratio * channels, channels, self.channel_multiple,
-                                  math.ceil(self.min_keep * channels))
+            wish = round_channels(
+                keep_ratio * channels, channels, self.channel_multiple, math.ceil(self.min_keep * channels)
+            )
 
             def legal_k(k: int) -> bool:
                 kept = self.kept.copy()
@@ -327,8 +336,17 @@ def make_env(
     if isinstance(hardware, Accelerator):
         hardware = HardwareModel(hardware, graph.units)
     calib = [x.to(device) for x, _ in data.calibration_batches(calibration_batches, calibration_batch_size, seed)]
-    compressor = Compressor(model, graph, selection=selection, calibration=calib, bn_recalibration=bn_recalibration,
-                            reconstruction=reconstruction, symmetric=symmetric, seed=seed)
+    compressor = Compressor(
+        model,
+        graph,
+        selection=selection,
+        calibration=calib,
+        bn_recalibration=bn_recalibration,
+        reconstruction=reconstruction,
+        symmetric=symmetric,
+        seed=seed,
+    )
     x, y = data.search_tensors(device)
-    return CompressionEnv(compressor, (x, y), reward=reward, budgets=budgets, hardware=hardware, device=device,
-                          **env_kwargs)
+    return CompressionEnv(
+        compressor, (x, y), reward=reward, budgets=budgets, hardware=hardware, device=device, **env_kwargs
+    )

@@ -13,11 +13,11 @@ import argparse
 
 import numpy as np
 import torch
+from amc.envs import make_env
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 
 from amc.compress import Compressor
-from amc.envs import make_env
 from amc.evaluate import accuracy, tensor_batches
 from amc.pretrain import load_or_pretrain
 
@@ -47,7 +47,8 @@ def main() -> None:
         without = accuracy(plain.apply(policy), tensor_batches(x, y, 1000))["top1"]
         with_bn = accuracy(env.compressor.apply(policy), tensor_batches(x, y, 1000))["top1"]
         gains.append(with_bn - without)
-        print(f"policy {i:2d}: without {100 * without:6.2f}%  with {100 * with_bn:6.2f}%  gain {100 * (with_bn - without):+6.2f}")
+        gain = 100 * (with_bn - without)
+        print(f"policy {i:2d}: without {100 * without:6.2f}%  with {100 * with_bn:6.2f}%  gain {gain:+6.2f}")
     g = 100 * np.array(gains)
     print(f"gain from BN recalibration: mean {g.mean():+.2f}, min {g.min():+.2f}, max {g.max():+.2f} points")
 

@@ -20,10 +20,18 @@ CASES = [
     ("fmnist_cnn", lambda: build_model("fmnist_cnn", num_classes=10, in_channels=1), (1, 28, 28), 20),
     ("resnet20", lambda: build_model("resnet20", num_classes=10, in_channels=1), (1, 28, 28), 12),
     ("plain20", lambda: build_model("plain20", num_classes=10, in_channels=1), (1, 28, 28), 6),
-    ("mobilenet_v2_cifar", lambda: build_model("mobilenet_v2", num_classes=10, in_channels=3, variant="cifar"),
-     (3, 32, 32), 4),
-    ("mobilenet_v1_cifar", lambda: build_model("mobilenet_v1", num_classes=10, in_channels=3, variant="cifar"),
-     (3, 32, 32), 4),
+    (
+        "mobilenet_v2_cifar",
+        lambda: build_model("mobilenet_v2", num_classes=10, in_channels=3, variant="cifar"),
+        (3, 32, 32),
+        4,
+    ),
+    (
+        "mobilenet_v1_cifar",
+        lambda: build_model("mobilenet_v1", num_classes=10, in_channels=3, variant="cifar"),
+        (3, 32, 32),
+        4,
+    ),
     ("concat", ConcatNet, (1, 16, 16), 20),
     ("flatten_dw", FlattenNet, (1, 28, 28), 20),
 ]

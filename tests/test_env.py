@@ -9,6 +9,8 @@ import gymnasium as gym
 import numpy as np
 import pytest
 import torch
+from amc.envs import ENV_ID, CompressionEnv
+from amc.envs.compression import action_to_level, bit_levels
 from conftest import ConcatNet
 from gymnasium.utils.env_checker import check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
@@ -16,8 +18,6 @@ from torch import nn
 
 from amc.compress import Compressor, Policy
 from amc.cost import FP32
-from amc.envs import ENV_ID, CompressionEnv
-from amc.envs.compression import action_to_level, bit_levels
 from amc.errors import AmcError
 from amc.graph import build_graph
 from amc.hardware import HardwareModel, load_preset
@@ -27,8 +27,13 @@ from amc.quantize import quantize_weight
 from amc.selection import channel_scores
 
 
-def make_small_env(mode: str = "joint", budgets: dict | None = None, model: nn.Module | None = None,
-                   input_shape: tuple[int, ...] = (1, 28, 28), **kwargs) -> CompressionEnv:
+def make_small_env(
+    mode: str = "joint",
+    budgets: dict | None = None,
+    model: nn.Module | None = None,
+    input_shape: tuple[int, ...] = (1, 28, 28),
+    **kwargs,
+) -> CompressionEnv:
     torch.manual_seed(0)
     model = model if model is not None else build_model("fmnist_cnn", num_classes=10, in_channels=1)
     model.eval()
@@ -56,8 +61,13 @@ def test_check_env_clean(mode: str) -> None:
 
 def test_registered_and_made_through_gym() -> None:
     base = make_small_env("prune", {"macs": 0.6})
-    env = gym.make(ENV_ID, compressor=base.compressor, search_data=(base.search_x, base.search_y),
-                   budgets={"macs": 0.6}, mode="prune")
+    env = gym.make(
+        ENV_ID,
+        compressor=base.compressor,
+        search_data=(base.search_x, base.search_y),
+        budgets={"macs": 0.6},
+        mode="prune",
+    )
     obs, _ = env.reset(seed=3)
     assert obs.shape == base.observation_space.shape
 
@@ -194,8 +204,10 @@ def test_selection_keeps_the_right_channels() -> None:
     m = hand_built()
     graph = build_graph(m, (1, 6, 6))
     g = graph.units[0].out_group
-    top2 = {meth: set(torch.topk(channel_scores(meth, m, graph, [torch.rand(8, 1, 6, 6) + 0.1])[g], 2).indices.tolist())
-            for meth in ("l1", "l2", "bn", "thinet")}
+    top2 = {
+        meth: set(torch.topk(channel_scores(meth, m, graph, [torch.rand(8, 1, 6, 6) + 0.1])[g], 2).indices.tolist())
+        for meth in ("l1", "l2", "bn", "thinet")
+    }
     assert top2["l1"] == top2["l2"] == {1, 3}
     assert top2["bn"] == {0, 2}
     assert top2["thinet"] == {3, 0}  # the channels the next layer actually uses
@@ -211,13 +223,21 @@ def test_reconstruction_lowers_next_layer_error() -> None:
     target_unit = graph.units[2]  # a conv whose input group is pruned by half
 
     def layer_error(reconstruction: bool) -> float:
-        comp = Compressor(model, graph, calibration=calib, bn_recalibration=False, reconstruction=reconstruction,
-                          reconstruction_samples=3000)
+        comp = Compressor(
+            model,
+            graph,
+            calibration=calib,
+            bn_recalibration=False,
+            reconstruction=reconstruction,
+            reconstruction_samples=3000,
+        )
         pruned = comp.apply(policy)
         keep = comp.keep(policy)
         # Feed the pruned layer the dense input restricted to the kept channels; compare its kept outputs.
         x = {}
-        h = dict(model.named_modules())[target_unit.name].register_forward_pre_hook(lambda _m, i: x.setdefault("in", i[0]))
+        h = dict(model.named_modules())[target_unit.name].register_forward_pre_hook(
+            lambda _m, i: x.setdefault("in", i[0])
+        )
         model(torch.randn(16, 1, 28, 28, generator=torch.Generator().manual_seed(5)))
         h.remove()
         dense_out = dict(model.named_modules())[target_unit.name](x["in"])[:, keep[target_unit.out_group]]
@@ -270,7 +290,9 @@ def test_sliced_model_equals_masked_model(factory) -> None:
 def test_policy_round_trip_and_mismatch() -> None:
     model = build_model("fmnist_cnn", num_classes=10, in_channels=1)
     graph = build_graph(model, (1, 28, 28))
-    policy = Policy(graph.channels_from_ratios([0.5] * len(graph.groups)), [4] * len(graph.units), [8] * len(graph.units))
+    policy = Policy(
+        graph.channels_from_ratios([0.5] * len(graph.groups)), [4] * len(graph.units), [8] * len(graph.units)
+    )
     assert Policy.from_dict(policy.to_dict(graph), graph) == policy
     other = build_graph(build_model("resnet20", num_classes=10, in_channels=1), (1, 28, 28))
     with pytest.raises(AmcError, match="another model|groups"):

@@ -80,8 +80,9 @@ def test_flatten_multiplier_and_shapes() -> None:
 
 
 def test_grouped_conv_is_quantize_only() -> None:
-    model = nn.Sequential(nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=2), nn.ReLU(),
-                          nn.Flatten(), nn.Linear(8 * 24 * 24, 10))
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3, groups=2), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 24 * 24, 10)
+    )
     graph = build_graph(model, (1, 28, 28))
     g0 = graph.groups[graph.units[0].out_group]
     assert not g0.prunable and "grouped conv" in g0.reason

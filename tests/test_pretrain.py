@@ -40,8 +40,15 @@ def make_fmnist(root: Path, n_train: int = 600, n_test: int = 200, seed: int = 0
 
 
 def overrides(tmp: Path, *extra: str) -> list[str]:
-    return [f"paths.root_dir={tmp}", f"data.root={tmp / 'fm'}", "data.search_size=100", "data.batch_size=64",
-            "pretrain.epochs=2", "pretrain.lr=0.05", *extra]
+    return [
+        f"paths.root_dir={tmp}",
+        f"data.root={tmp / 'fm'}",
+        "data.search_size=100",
+        "data.batch_size=64",
+        "pretrain.epochs=2",
+        "pretrain.lr=0.05",
+        *extra,
+    ]
 
 
 def compose_cfg(tmp: Path, *extra: str):
@@ -65,8 +72,10 @@ def test_pretrain_trains_caches_and_reloads(tmp_path: Path) -> None:
     assert ckpt["arch"]["_target_"].endswith("fmnist_cnn")
     # Another recipe is another cache entry.
     other = compose_cfg(tmp_path, "pretrain.epochs=1")
-    from amc.pretrain import checkpoint_path
     from hydra.utils import instantiate
+
+    from amc.pretrain import checkpoint_path
+
     assert checkpoint_path(other, instantiate(other.data)) != Path(meta["path"])
 
 
