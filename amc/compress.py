@@ -21,7 +21,7 @@ from amc.cost import FP32
 from amc.errors import AmcError
 from amc.graph import ModelGraph
 from amc.pruning import keep_indices, prune_model
-from amc.quantize import quantize_model
+from amc.quantize import quantize_model, quantize_weight
 from amc.selection import channel_scores
 
 
@@ -175,6 +175,10 @@ class Compressor:
         reconstruction_samples: sampled positions for the least-squares problems.
         symmetric: symmetric (default) or asymmetric weight quantization.
         seed: seed of the position sampling.
+        finetune_batches: labelled training batches for a short fine-tune inside every episode (HAQ's
+            per-episode fine-tune; empty: off). It runs after quantization with the fake-quant ops'
+            straight-through gradients, and the weights are re-quantized afterwards.
+        finetune_lr: SGD learning rate of that fine-tune.
     """
 
     model: nn.Module
@@ -186,6 +190,8 @@ class Compressor:
     reconstruction_samples: int = 2000
     symmetric: bool = True
     seed: int = 0
+    finetune_batches: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    finetune_lr: float = 0.01
 
     def __post_init__(self) -> None:
         self.model.eval()
@@ -218,11 +224,31 @@ class Compressor:
         if any(b < FP32 for b in list(policy.w_bits) + list(policy.a_bits)):
             quantize_model(model, names, policy.w_bits, policy.a_bits, self.calibration, self.symmetric)
         t = _lap(timing, "quantization", t)
+        if self.finetune_batches:
+            self._short_finetune(model, policy)
+        t = _lap(timing, "finetune", t)
         if self.bn_recalibration:
             recalibrate_bn(model, self.calibration)
         _lap(timing, "bn_recalibration", t)
         model.eval()
         return model
+
+    def _short_finetune(self, model: nn.Module, policy: Policy) -> None:
+        opt = torch.optim.SGD(model.parameters(), lr=self.finetune_lr, momentum=0.9)
+        model.train()
+        with torch.enable_grad():
+            for x, y in self.finetune_batches:
+                loss = nn.functional.cross_entropy(model(x), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+        model.eval()
+        modules = dict(model.named_modules())
+        with torch.no_grad():  # back onto the quantization grid
+            for u, wb in zip(self.graph.units, policy.w_bits):
+                if wb < FP32:
+                    w = modules[u.name].weight
+                    w.copy_(quantize_weight(w, int(wb), self.symmetric))
 
     def _reconstructable(self) -> list[int]:
         out = set()

@@ -305,6 +305,8 @@ def make_env(
     symmetric: bool = True,
     seed: int = 0,
     device: str | torch.device = "cpu",
+    finetune_batches: int = 0,
+    finetune_lr: float = 0.01,
     **env_kwargs: Any,
 ) -> CompressionEnv:
     """Build the environment from a trained model and a data module (the path ``amc.train`` takes).
@@ -325,6 +327,8 @@ def make_env(
         symmetric: symmetric weight quantization.
         seed: seed for calibration batch choice and feature sampling.
         device: evaluation device.
+        finetune_batches: labelled training batches of a short fine-tune in every episode (HAQ; 0: off).
+        finetune_lr: its learning rate.
         **env_kwargs: the remaining :class:`CompressionEnv` options (mode, min_keep, bits...).
     """
     from amc.graph import build_graph
@@ -345,6 +349,13 @@ def make_env(
         reconstruction=reconstruction,
         symmetric=symmetric,
         seed=seed,
+        finetune_batches=[
+            (x.to(device), y.to(device))
+            for x, y in (
+                data.calibration_batches(finetune_batches, calibration_batch_size, seed + 1) if finetune_batches else []
+            )
+        ],
+        finetune_lr=finetune_lr,
     )
     x, y = data.search_tensors(device)
     return CompressionEnv(

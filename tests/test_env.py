@@ -308,3 +308,28 @@ def test_prune_model_rejects_wrong_lengths() -> None:
     graph = build_graph(model, (1, 28, 28))
     with pytest.raises(ValueError):
         prune_model(model, graph, [])
+
+
+def test_per_episode_finetune_keeps_weights_on_the_grid_and_helps() -> None:
+    torch.manual_seed(0)
+    model = build_model("fmnist_cnn", num_classes=10, in_channels=1).eval()
+    graph = build_graph(model, (1, 28, 28))
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 1, 28, 28, generator=gen)
+    y = torch.randint(0, 10, (64,), generator=gen)
+    batches = [(x[i : i + 32], y[i : i + 32]) for i in (0, 32)] * 5
+    policy = Policy(
+        graph.channels_from_ratios([0.5] * len(graph.groups)), [4] * len(graph.units), [8] * len(graph.units)
+    )
+    plain = Compressor(model, graph, calibration=[x[:32]], bn_recalibration=False)
+    tuned = Compressor(
+        model, graph, calibration=[x[:32]], bn_recalibration=False, finetune_batches=batches, finetune_lr=0.05
+    )
+    timing: dict[str, float] = {}
+    m_plain, m_tuned = plain.apply(policy), tuned.apply(policy, timing)
+    assert timing["finetune"] > 0
+    loss = [float(nn.functional.cross_entropy(m(x), y).detach()) for m in (m_plain, m_tuned)]
+    assert loss[1] < loss[0]  # it fits the fine-tune batches better
+    for u in graph.units:  # and every weight is still 4-bit
+        w = dict(m_tuned.named_modules())[u.name].weight
+        assert all(w[c].unique().numel() <= 2**4 for c in range(w.shape[0]))

@@ -177,3 +177,12 @@ def test_cli_errors_are_one_line_and_nonzero(tmp_path: Path) -> None:
     assert "files not found" in missing.stderr.strip().splitlines()[-1]
     unknown = _run_pretrain(tmp_path, "model=not_a_model")
     assert unknown is not None and unknown.returncode != 0 and "not_a_model" in unknown.stderr
+
+
+def test_users_own_module_by_dotted_path(tmp_path: Path) -> None:
+    make_fmnist(tmp_path / "fm")
+    # The user's class takes the same num_classes/in_channels keys the model configs pass.
+    cfg = compose_cfg(tmp_path, "pretrain.epochs=1", "model._target_=conftest.ConcatNet")
+    model, meta = load_or_pretrain(cfg)
+    assert type(model).__name__ == "ConcatNet" and not meta["cached"]
+    assert "ConcatNet" in Path(meta["path"]).name
