@@ -14,7 +14,7 @@ $(BIN)/python:
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==$(TORCH_VERSION)
-	$(BIN)/python -m pip install -q -e ".[test,launchers,dev]"
+	$(BIN)/python -m pip install -q -e ".[test,launchers,dev,onnx]"
 	touch $@
 
 install: $(VENV)/.installed

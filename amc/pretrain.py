@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,23 +65,36 @@ def checkpoint_path(cfg: DictConfig, data: DataModule) -> Path:
     return Path(cfg.paths.cache_dir) / "pretrained" / f"{model_name}-{data.name}-{key}.pt"
 
 
-def _train_epoch(
+def train_epoch(
     model: nn.Module,
     loader: Any,
     opt: torch.optim.Optimizer,
     sched: Any,
     device: torch.device,
-    label_smoothing: float,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     desc: str,
 ) -> float:
+    """One epoch of SGD with a per-step LR schedule; returns the mean training loss.
+
+    Args:
+        model: the network (put in train mode).
+        loader: (inputs, labels) batches.
+        opt: the optimizer.
+        sched: a scheduler stepped after every batch.
+        device: where to train.
+        loss_fn: ``loss_fn(inputs, labels)`` runs the model and returns the loss (cross-entropy, KD...).
+        desc: progress-bar label.
+    """
     model.train()
     total, n = 0.0, 0
     bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
     for x, y in bar:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        loss = nn.functional.cross_entropy(model(x), y, label_smoothing=label_smoothing)
+        loss = loss_fn(x, y)
         if not torch.isfinite(loss.detach()):
-            raise AmcError(f"training loss became {float(loss)} ({desc}); lower pretrain.lr and run again")
+            raise AmcError(
+                f"training loss became {float(loss.detach())} ({desc}); lower the learning rate and run again"
+            )
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -135,7 +149,15 @@ def train_baseline(cfg: DictConfig, model: nn.Module, data: DataModule, path: Pa
         # Each epoch's shuffling has its own seed, so a resumed run sees the same batches.
         loader = data.train_loader(seed=int(cfg.seed) * 1000 + epoch)
         t0 = time.perf_counter()
-        loss = _train_epoch(model, loader, opt, sched, device, float(rc.label_smoothing), f"epoch {epoch + 1}/{epochs}")
+        loss = train_epoch(
+            model,
+            loader,
+            opt,
+            sched,
+            device,
+            lambda x, y: nn.functional.cross_entropy(model(x), y, label_smoothing=float(rc.label_smoothing)),
+            f"epoch {epoch + 1}/{epochs}",
+        )
         history.append({"epoch": epoch + 1, "train_loss": loss, "seconds": time.perf_counter() - t0})
         log.info("epoch %d/%d: train loss %.4f", epoch + 1, epochs, loss)
         atomic_torch_save(

@@ -1,0 +1,531 @@
+"""``python -m amc.finetune policy=<run dir or best_policy.json>``: fine-tune, export and verify a compressed model.
+
+The path, top to bottom (:func:`finetune`):
+
+1. the search's options (model, data, compressor settings, seed) from ``<run_dir>/.hydra/config.yaml``
+   when there is one, else from this config;
+2. the cached pretrained baseline, the same calibration batches as the search, and
+   :meth:`amc.compress.Compressor.apply` -- so fine-tuning starts from exactly the model the reward saw;
+3. fine-tuning: SGD + cosine, quantization-aware (float shadow weights, re-quantized every step with a
+   straight-through estimator; activations through the existing fake-quant hooks), optional knowledge
+   distillation from the dense model, optional re-initialisation (training the pruned architecture
+   from scratch). A resumable state is written atomically after every epoch;
+4. export (:mod:`amc.export`): ``compressed.pt`` (reloadable with ``weights_only=True``), ``model.onnx``,
+   ``report.json`` and a printed table; MACs/params measured on the reloaded file must equal the
+   policy's closed-form costs.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from tabulate import tabulate
+from torch import nn
+from torch.nn.utils import parametrize
+from tqdm.auto import tqdm
+
+from amc.checkpoint import config_hash, load_file, load_state
+from amc.cli import run_cli
+from amc.compress import Compressor, Policy
+from amc.cost import FP32, CostModel
+from amc.data import DataModule
+from amc.errors import AmcError
+from amc.evaluate import accuracy
+from amc.export import (
+    activation_quantizers,
+    check_cost,
+    cpu_latency,
+    export_onnx,
+    load_compressed,
+    load_quantizer_state,
+    measure_cost,
+    quantizer_state,
+    save_compressed,
+)
+from amc.graph import ModelGraph, build_graph
+from amc.hardware import HardwareModel
+from amc.pretrain import arch_spec, load_or_pretrain, train_epoch
+from amc.quantize import quantize_weight
+from amc.utils import atomic_torch_save, atomic_write_bytes, resolve_device
+
+log = logging.getLogger(__name__)
+
+COMPRESS_KEYS = (
+    "selection",
+    "calibration_batches",
+    "calibration_batch_size",
+    "bn_recalibration",
+    "reconstruction",
+    "symmetric",
+)
+STATE_FILE = "finetune_state.pt"
+
+
+@dataclass
+class Recipe:
+    """How to fine-tune.
+
+    Attributes:
+        epochs: passes over the training data (0: export the compressed model as is).
+        lr: peak SGD learning rate (cosine decay to 0).
+        momentum: SGD momentum.
+        weight_decay: L2 penalty.
+        nesterov: Nesterov momentum.
+        label_smoothing: cross-entropy label smoothing.
+        kd: distil from the dense model.
+        kd_temperature: softmax temperature of distillation.
+        kd_alpha: weight of the distillation term (1 - alpha on the labels).
+        from_scratch: re-initialise the pruned architecture instead of starting from the pruned weights.
+    """
+
+    epochs: int = 5
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = True
+    label_smoothing: float = 0.0
+    kd: bool = False
+    kd_temperature: float = 4.0
+    kd_alpha: float = 0.9
+    from_scratch: bool = False
+
+    @classmethod
+    def from_cfg(cls, cfg: DictConfig) -> Recipe:
+        """The recipe keys of the top level of a ``finetune`` config."""
+        fields = cls.__dataclass_fields__
+        return cls(**{k: type(getattr(cls, k))(cfg[k]) for k in fields if k in cfg})
+
+
+class WeightFakeQuant(nn.Module):
+    """Parametrization: the layer sees quantized weights, gradients reach the float shadow weights (STE).
+
+    Args:
+        bits: weight bits.
+        symmetric: symmetric or asymmetric quantization (as the search used).
+    """
+
+    def __init__(self, bits: int, symmetric: bool = True) -> None:
+        super().__init__()
+        self.bits, self.symmetric = int(bits), bool(symmetric)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return w + (quantize_weight(w.detach(), self.bits, self.symmetric) - w).detach()
+
+
+def prepare_qat(model: nn.Module, graph: ModelGraph, w_bits: list[int], symmetric: bool) -> None:
+    """Make every unit with quantized weights re-quantize its float weights on each forward pass.
+
+    Args:
+        model: the compressed model (module names as in ``graph``).
+        graph: the dense model's graph.
+        w_bits: weight bits per unit.
+        symmetric: quantization mode.
+    """
+    modules = dict(model.named_modules())
+    for u, b in zip(graph.units, w_bits):
+        if int(b) < FP32:
+            parametrize.register_parametrization(modules[u.name], "weight", WeightFakeQuant(int(b), symmetric))
+
+
+def strip_qat(model: nn.Module) -> None:
+    """Replace every weight parametrization by its (quantized) value, leaving plain parameters."""
+    for m in model.modules():
+        if parametrize.is_parametrized(m, "weight"):
+            parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
+
+
+def kd_loss(
+    logits: torch.Tensor,
+    teacher_logits: torch.Tensor | None,
+    labels: torch.Tensor,
+    temperature: float = 4.0,
+    alpha: float = 0.9,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """Hinton et al. (2015) distillation: ``alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * CE``.
+
+    Args:
+        logits: student logits.
+        teacher_logits: teacher logits (``None``: plain cross-entropy).
+        labels: class labels.
+        temperature: softening temperature.
+        alpha: weight of the distillation term.
+        label_smoothing: of the cross-entropy term.
+    """
+    ce = nn.functional.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+    if teacher_logits is None:
+        return ce
+    t = float(temperature)
+    kl = nn.functional.kl_div(
+        nn.functional.log_softmax(logits / t, dim=1),
+        nn.functional.log_softmax(teacher_logits.detach() / t, dim=1),
+        reduction="batchmean",
+        log_target=True,
+    )
+    return alpha * t * t * kl + (1.0 - alpha) * ce
+
+
+def reinitialise(model: nn.Module) -> None:
+    """Fresh weights for every layer (``reset_parameters``; BatchNorm statistics too), drawn from torch's RNG."""
+    for m in model.modules():
+        if hasattr(m, "reset_parameters") and not isinstance(m, WeightFakeQuant):
+            m.reset_parameters()
+
+
+def calibrate_activations(model: nn.Module, batches: list[torch.Tensor]) -> None:
+    """Re-measure the ranges of ``model``'s activation quantizers on ``batches`` (eval mode)."""
+    qs = list(activation_quantizers(model).values())
+    if not qs:
+        return
+    for q in qs:
+        q.max_abs, q.signed, q.calibrating = 0.0, False, True
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for x in batches:
+            model(x)
+    model.train(was_training)
+    for q in qs:
+        q.calibrating = False
+
+
+def train(
+    model: nn.Module,
+    data: DataModule,
+    recipe: Recipe,
+    state_path: Path,
+    device: torch.device,
+    seed: int,
+    teacher: nn.Module | None = None,
+    calibration: list[torch.Tensor] | None = None,
+    fingerprint: str = "",
+) -> list[dict[str, float]]:
+    """Fine-tune ``model`` in place, resuming from ``state_path`` when it holds a finished epoch.
+
+    Args:
+        model: the compressed model, prepared for QAT (:func:`prepare_qat`).
+        data: the data module (its ``train_loader``).
+        recipe: the recipe.
+        state_path: the resumable state, written after every epoch.
+        device: where to train.
+        seed: seeds each epoch's shuffling.
+        teacher: the dense model for distillation (when ``recipe.kd``).
+        calibration: batches to re-measure activation ranges on after each epoch when training from
+            scratch (ranges taken on random weights would be meaningless).
+        fingerprint: identifies policy + recipe; a state with another one is refused.
+    """
+    epochs = int(recipe.epochs)
+    steps = epochs * len(data.train_loader(seed=0))
+    opt = torch.optim.SGD(
+        model.parameters(),
+        lr=recipe.lr,
+        momentum=recipe.momentum,
+        weight_decay=recipe.weight_decay,
+        nesterov=recipe.nesterov and recipe.momentum > 0,
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    start, history = 0, []
+    if state_path.exists():
+        state = load_file(state_path)
+        if state.get("fingerprint") != fingerprint:
+            raise AmcError(
+                f"{state_path} belongs to another policy or recipe; delete it or fine-tune into another run dir"
+            )
+        try:
+            load_state(model, state["model"], str(state_path))
+            load_quantizer_state(model, state["quantizers"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            start, history = int(state["epoch"]), list(state["history"])
+            torch.set_rng_state(state["torch_rng"])
+        except (KeyError, ValueError) as exc:
+            raise AmcError(f"fine-tuning state {state_path} is unusable ({exc}); delete it to start over") from exc
+        log.info("resuming fine-tuning from epoch %d/%d (%s)", start, epochs, state_path)
+    if teacher is not None:
+        teacher.to(device).eval()
+
+    def step_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            t_logits = teacher(x) if teacher is not None else None
+        return kd_loss(model(x), t_logits, y, recipe.kd_temperature, recipe.kd_alpha, recipe.label_smoothing)
+
+    for epoch in tqdm(range(start, epochs), desc="finetune", initial=start, total=epochs, dynamic_ncols=True):
+        loader = data.train_loader(seed=seed * 1000 + epoch)
+        t0 = time.perf_counter()
+        loss = train_epoch(model, loader, opt, sched, device, step_loss, f"epoch {epoch + 1}/{epochs}")
+        if recipe.from_scratch and calibration:
+            calibrate_activations(model, calibration)
+        history.append({"epoch": epoch + 1, "train_loss": loss, "seconds": time.perf_counter() - t0})
+        log.info("epoch %d/%d: train loss %.4f", epoch + 1, epochs, history[-1]["train_loss"])
+        atomic_torch_save(
+            {
+                "fingerprint": fingerprint,
+                "model": model.state_dict(),
+                "quantizers": quantizer_state(model),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "epoch": epoch + 1,
+                "history": history,
+                "torch_rng": torch.get_rng_state(),
+            },
+            state_path,
+        )
+    model.eval()
+    return history
+
+
+def resolve_policy(cfg: DictConfig) -> tuple[Path, DictConfig]:
+    """The policy file and the config to take model/data/compressor options from.
+
+    ``policy`` may be a search run directory (``best_policy.json`` inside) or a JSON file; a
+    ``.hydra/config.yaml`` beside the policy is the search's config and wins for ``model``, ``data``,
+    ``pretrain``, ``seed`` and the compressor options (so the start equals what the reward saw).
+
+    Args:
+        cfg: the composed ``finetune`` config.
+    """
+    if not cfg.get("policy"):
+        raise AmcError("no policy given; run `python -m amc.finetune policy=<search run dir or best_policy.json>`")
+    path = Path(str(cfg.policy)).expanduser()
+    if path.is_dir():
+        path = path / "best_policy.json"
+    if not path.is_file():
+        raise AmcError(f"policy {path} does not exist; point policy= to a search run dir or a best_policy.json")
+    search_cfg_path = path.parent / ".hydra" / "config.yaml"
+    if not search_cfg_path.is_file():
+        log.info("no search config beside %s: model/data/compressor options come from this config", path)
+        return path, cfg
+    search = OmegaConf.load(search_cfg_path)
+    merged = copy.deepcopy(cfg)
+    OmegaConf.set_struct(merged, False)
+    for key in ("model", "data", "pretrain"):
+        if key in search:
+            merged[key] = search[key]
+    if "seed" in search:
+        merged.seed = search.seed
+    env = search.get("env") or {}
+    for key in COMPRESS_KEYS:
+        for node in (env, search):
+            if key in node:
+                merged.compress[key] = node[key]
+                break
+    log.info("model/data/compressor options from the search config %s", search_cfg_path)
+    return path, merged
+
+
+def _sim(hw: HardwareModel | None, cost_model: CostModel, kept: list[int], w: list[int], a: list[int]) -> dict:
+    if hw is None:
+        return {"latency_s": None, "energy_j": None}
+    c_in, c_out = cost_model.unit_channels(kept)
+    mc = hw.model_cost([int(c) for c in c_in], [int(c) for c in c_out], list(w), list(a))
+    return {"latency_s": mc.latency_s, "energy_j": mc.energy_j}
+
+
+def finetune(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, Any]:
+    """Apply a searched policy, fine-tune, export and verify; returns the report.
+
+    Args:
+        cfg: the composed ``finetune`` config.
+        out_dir: the run directory (Hydra's output dir under ``python -m``); resuming needs the same one.
+    """
+    out = Path(out_dir if out_dir is not None else (cfg.get("resume") or HydraConfig.get().runtime.output_dir))
+    out.mkdir(parents=True, exist_ok=True)
+    policy_path, cfg = resolve_policy(cfg)
+    device = resolve_device(cfg.device)
+    seed = int(cfg.seed)
+    recipe = Recipe.from_cfg(cfg)
+    cc = cfg.compress
+
+    data = instantiate(cfg.data, batch_size=int(cfg.batch_size))
+    dense, base_meta = load_or_pretrain(cfg, data)
+    dense.to(device).eval()
+    graph = build_graph(dense, data.input_shape)
+    policy = Policy.load(policy_path, graph)
+    calib = [
+        x.to(device)
+        for x, _ in data.calibration_batches(int(cc.calibration_batches), int(cc.calibration_batch_size), seed)
+    ]
+    compressor = Compressor(
+        dense,
+        graph,
+        selection=str(cc.selection),
+        calibration=calib,
+        bn_recalibration=bool(cc.bn_recalibration),
+        reconstruction=bool(cc.reconstruction),
+        symmetric=bool(cc.symmetric),
+        seed=seed,
+    )
+    model = compressor.apply(policy)
+    keep = compressor.keep(policy)
+    topk = (1, 5) if data.num_classes > 5 else (1,)
+    acc_dense = accuracy(dense, data.test_loader(), device, topk)
+    acc_before = accuracy(model, data.test_loader(), device, topk)
+    log.info("test top-1: dense %.4f, compressed before fine-tuning %.4f", acc_dense["top1"], acc_before["top1"])
+
+    policy_dict = policy.to_dict(graph)
+    fingerprint = config_hash(policy_dict, OmegaConf.to_container(cfg.compress, resolve=True), recipe.__dict__, seed)
+    history: list[dict[str, float]] = []
+    if recipe.epochs > 0:
+        if recipe.from_scratch:
+            reinitialise(model)
+            calibrate_activations(model, calib)
+        prepare_qat(model, graph, policy.w_bits, bool(cc.symmetric))
+        history = train(
+            model,
+            data,
+            recipe,
+            out / STATE_FILE,
+            device,
+            seed,
+            teacher=dense if recipe.kd else None,
+            calibration=calib,
+            fingerprint=fingerprint,
+        )
+        strip_qat(model)
+    acc_after = accuracy(model, data.test_loader(), device, topk)
+
+    report = export(cfg, out, model, dense, graph, policy, keep, data, policy_dict, base_meta)
+    report.update(
+        {
+            "policy_file": str(policy_path),
+            "recipe": recipe.__dict__,
+            "compress": OmegaConf.to_container(cfg.compress, resolve=True),
+            "history": history,
+        }
+    )
+    report["accuracy"] = {"dense": acc_dense, "before_finetune": acc_before, "after_finetune": acc_after}
+    atomic_write_bytes(out / "report.json", json.dumps(report, indent=2).encode())
+    print_report(report)
+    return report
+
+
+def export(
+    cfg: DictConfig,
+    out: Path,
+    model: nn.Module,
+    dense: nn.Module,
+    graph: ModelGraph,
+    policy: Policy,
+    keep: list[torch.Tensor],
+    data: DataModule,
+    policy_dict: dict[str, Any],
+    base_meta: dict[str, Any],
+) -> dict[str, Any]:
+    """Save the compressed model, reload it, check its costs and measure it (see :func:`finetune`)."""
+    model.cpu().eval()
+    dense.cpu().eval()
+    path = out / "compressed.pt"
+    save_compressed(
+        path,
+        model,
+        arch_spec(cfg.model),
+        data.input_shape,
+        keep,
+        policy_dict,
+        {"baseline": base_meta.get("path"), "seed": int(cfg.seed)},
+    )
+    reloaded, _ = load_compressed(path)
+    x = next(iter(data.test_loader()))[0][:8]
+    with torch.no_grad():
+        if not torch.equal(reloaded(x), model(x)):
+            raise AmcError(f"{path} does not reproduce the fine-tuned model's outputs; report this as a bug")
+    cost_model = CostModel(graph)
+    expected = cost_model.cost(policy.kept, policy.w_bits, policy.a_bits)
+    measured = measure_cost(reloaded, data.input_shape)
+    check_cost(measured, {"macs": expected.macs, "params": expected.params}, f"exported model {path}")
+    float_model, _ = load_compressed(path, activation_quant=False)
+    onnx_path = out / "model.onnx"
+    onnx_ok = bool(cfg.export.onnx) and export_onnx(float_model, onnx_path, data.input_shape)
+
+    hw = None
+    if cfg.get("hardware") is not None:
+        hw = HardwareModel(instantiate(cfg.hardware), graph.units)
+    n = len(graph.units)
+    dense_kept = graph.full_channels()
+    dense_cost = cost_model.dense
+    repeats = int(cfg.export.latency_repeats)
+    return {
+        "files": {"model": str(path), "onnx": str(onnx_path) if onnx_ok else None},
+        "hardware": str(cfg.hardware.get("name", cfg.hardware.get("_target_"))) if hw is not None else None,
+        "dense": {
+            "macs": dense_cost.macs,
+            "params": dense_cost.params,
+            "size_bits": dense_cost.size_bits,
+            **_sim(hw, cost_model, dense_kept, [FP32] * n, [FP32] * n),
+            "cpu_latency_s": cpu_latency(dense, data.input_shape, repeats),
+        },
+        "compressed": {
+            "macs": measured["macs"],
+            "params": measured["params"],
+            "size_bits": expected.size_bits,
+            "bitops": expected.bitops,
+            **_sim(hw, cost_model, policy.kept, policy.w_bits, policy.a_bits),
+            "cpu_latency_s": cpu_latency(float_model, data.input_shape, repeats),
+        },
+    }
+
+
+def print_report(report: dict[str, Any]) -> None:
+    """Print the before/after table of a fine-tuning report."""
+    acc = report["accuracy"]
+    d, c = report["dense"], report["compressed"]
+
+    def fmt(v: float | None, scale: float = 1.0, spec: str = ".3f") -> str:
+        return "-" if v is None else format(v * scale, spec)
+
+    rows = [
+        [
+            "test top-1 (%)",
+            fmt(acc["dense"]["top1"], 100, ".2f"),
+            fmt(acc["before_finetune"]["top1"], 100, ".2f"),
+            fmt(acc["after_finetune"]["top1"], 100, ".2f"),
+        ],
+        ["MACs (M)", fmt(d["macs"], 1e-6), fmt(c["macs"], 1e-6), fmt(c["macs"], 1e-6)],
+        ["params (k)", fmt(d["params"], 1e-3), fmt(c["params"], 1e-3), fmt(c["params"], 1e-3)],
+        ["size (KiB)", fmt(d["size_bits"], 1 / 8192), fmt(c["size_bits"], 1 / 8192), fmt(c["size_bits"], 1 / 8192)],
+        [
+            f"sim. latency (ms, {report['hardware']})",
+            fmt(d["latency_s"], 1e3),
+            fmt(c["latency_s"], 1e3),
+            fmt(c["latency_s"], 1e3),
+        ],
+        [
+            f"sim. energy (mJ, {report['hardware']})",
+            fmt(d["energy_j"], 1e3),
+            fmt(c["energy_j"], 1e3),
+            fmt(c["energy_j"], 1e3),
+        ],
+        [
+            "CPU latency, batch 1 (ms)",
+            fmt(d["cpu_latency_s"], 1e3),
+            fmt(c["cpu_latency_s"], 1e3),
+            fmt(c["cpu_latency_s"], 1e3),
+        ],
+    ]
+    print(tabulate(rows, headers=["", "original", "compressed", "fine-tuned"], tablefmt="github"))
+    print(
+        f"compressed model: {report['files']['model']}"
+        + (f", ONNX: {report['files']['onnx']}" if report["files"]["onnx"] else "")
+    )
+
+
+@hydra.main(version_base="1.3", config_path="pkg://amc.conf", config_name="finetune")
+def main(cfg: DictConfig) -> None:
+    """Entry point of ``python -m amc.finetune``."""
+    run_cli(finetune, cfg)
+
+
+if __name__ == "__main__":
+    main()
