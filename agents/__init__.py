@@ -1,0 +1,28 @@
+"""Search agents behind one interface: SB3 DDPG set up AMC-style, and the random, uniform and greedy baselines.
+
+``agent.search(env, episodes, callback) -> SearchResult`` for every agent; ``conf/agent/*.yaml`` picks
+one (``agent=ddpg|random|uniform|greedy``).
+"""
+
+from amc.agents.base import Agent, CallbackList, EpisodeRecord, SearchCallback, SearchResult
+from amc.agents.baselines import GreedySearch, RandomSearch, UniformSearch
+from amc.agents.buffers import EpisodeRewardReplayBuffer
+from amc.agents.ddpg import DDPGAgent
+from amc.agents.noise import TruncatedNormalNoise
+from amc.agents.policies import ActorCriticLrPolicy, ScaledLrAdam
+
+__all__ = [
+    "ActorCriticLrPolicy",
+    "Agent",
+    "CallbackList",
+    "DDPGAgent",
+    "EpisodeRecord",
+    "EpisodeRewardReplayBuffer",
+    "GreedySearch",
+    "RandomSearch",
+    "ScaledLrAdam",
+    "SearchCallback",
+    "SearchResult",
+    "TruncatedNormalNoise",
+    "UniformSearch",
+]

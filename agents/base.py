@@ -1,0 +1,368 @@
+"""One small interface for every search agent: ``agent.search(env, episodes, callback) -> SearchResult``.
+
+An agent drives :class:`amc.envs.CompressionEnv` for a number of episodes, keeps the history and the
+best policy found, and tells a :class:`SearchCallback` about every episode and about every *safe
+point* (a moment when its whole state can be saved, so that a resumed search continues exactly).
+``save``/``load`` write and read that state (JSON, plus tensors for the DDPG agent).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from amc.compress import Policy
+from amc.envs import CompressionEnv
+from amc.envs.budget import METRICS
+from amc.errors import AmcError
+from amc.evaluate import accuracy, tensor_batches
+from amc.utils import atomic_write_bytes
+
+
+@dataclass
+class EpisodeRecord:
+    """What one episode produced.
+
+    Attributes:
+        episode: 1-based episode number.
+        phase: what the agent was doing (``warmup``, ``explore``, ``random``, ``uniform``, ``scan``, ``greedy``).
+        reward: the environment's reward.
+        accuracy: search-split top-1 of the compressed model.
+        ratios: every cost ratio (compressed / dense) by metric.
+        metrics: every cost metric in absolute units by metric.
+        budgets: per budget, ``{"target": ..., "achieved": ...}``.
+        seconds: wall time of the episode.
+        eligible: whether the policy went through the budget wall (only those can be the best).
+        extras: agent-specific numbers (e.g. the noise sigma).
+        policy: the policy (:meth:`amc.compress.Policy.to_dict`).
+    """
+
+    episode: int
+    phase: str
+    reward: float
+    accuracy: float
+    ratios: dict[str, float]
+    metrics: dict[str, float]
+    budgets: dict[str, dict[str, float]]
+    seconds: float
+    eligible: bool = True
+    extras: dict[str, float] = field(default_factory=dict)
+    policy: dict[str, Any] | None = None
+
+    @classmethod
+    def from_info(cls, episode: int, phase: str, info: Mapping[str, Any], seconds: float, eligible: bool = True,
+                  extras: Mapping[str, float] | None = None) -> EpisodeRecord:
+        """Build a record from the ``info`` the environment returns at the end of an episode."""
+        return cls(
+            episode=episode,
+            phase=phase,
+            reward=float(info["reward"]),
+            accuracy=float(info["accuracy"]),
+            ratios={k.split("/", 1)[1]: float(v) for k, v in info.items() if k.startswith("ratio/")},
+            metrics={k: float(info[k]) for k in METRICS if k in info},
+            budgets={n: {"target": float(b["target"]), "achieved": float(b["achieved"])}
+                     for n, b in info.get("budgets", {}).items()},
+            seconds=float(seconds),
+            eligible=eligible and "failed" not in info and math.isfinite(float(info["accuracy"])),
+            extras={k: float(v) for k, v in (extras or {}).items()},
+            policy=info.get("policy"),
+        )
+
+    def row(self) -> dict[str, Any]:
+        """Flat scalars for the episode log (``episodes.csv``)."""
+        out: dict[str, Any] = {"episode": self.episode, "phase": self.phase, "reward": self.reward,
+                               "accuracy": self.accuracy}
+        out.update({f"ratio/{k}": v for k, v in self.ratios.items()})
+        out["seconds"] = self.seconds
+        out["eligible"] = int(self.eligible)
+        out.update(self.extras)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (read back by :meth:`from_dict`)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> EpisodeRecord:
+        """Read :meth:`to_dict`."""
+        return cls(**dict(data))
+
+
+@dataclass
+class SearchResult:
+    """The outcome of a search.
+
+    Attributes:
+        agent: the agent's name.
+        best: the best eligible episode (highest reward), ``None`` when no episode was eligible.
+        episodes: the episode log (:meth:`EpisodeRecord.row` per episode).
+    """
+
+    agent: str
+    best: EpisodeRecord | None
+    episodes: list[dict[str, Any]]
+
+
+class SearchCallback:
+    """Hooks called by :meth:`Agent.search` (all optional)."""
+
+    def on_search_start(self, agent: Agent, env: CompressionEnv, episodes: int) -> None:
+        """Before the first episode (of this call; ``agent.episodes_done`` may be > 0 after a resume)."""
+
+    def on_episode(self, agent: Agent, record: EpisodeRecord, is_best: bool) -> None:
+        """After every episode."""
+
+    def on_safe_point(self, agent: Agent, episodes_done: int) -> None:
+        """When the agent's whole state can be saved (after an episode and any training it triggers)."""
+
+    def on_search_end(self, agent: Agent, result: SearchResult) -> None:
+        """After the last episode."""
+
+
+class CallbackList(SearchCallback):
+    """Calls several callbacks in order.
+
+    Args:
+        callbacks: the callbacks.
+    """
+
+    def __init__(self, callbacks: Sequence[SearchCallback]) -> None:
+        self.callbacks = list(callbacks)
+
+    def on_search_start(self, agent: Agent, env: CompressionEnv, episodes: int) -> None:
+        for c in self.callbacks:
+            c.on_search_start(agent, env, episodes)
+
+    def on_episode(self, agent: Agent, record: EpisodeRecord, is_best: bool) -> None:
+        for c in self.callbacks:
+            c.on_episode(agent, record, is_best)
+
+    def on_safe_point(self, agent: Agent, episodes_done: int) -> None:
+        for c in self.callbacks:
+            c.on_safe_point(agent, episodes_done)
+
+    def on_search_end(self, agent: Agent, result: SearchResult) -> None:
+        for c in self.callbacks:
+            c.on_search_end(agent, result)
+
+
+class Agent(ABC):
+    """Base class of search agents.
+
+    Subclasses implement :meth:`_search` (run episodes from ``episodes_done`` on, calling
+    :meth:`record` after each and ``callback.on_safe_point`` when their state is complete) and, when
+    they hold state beyond the history, :meth:`state_dict`/:meth:`load_state_dict` (JSON) and
+    :meth:`_save_files`/:meth:`_load_files` (anything else).
+
+    Args:
+        seed: the agent's seed.
+    """
+
+    name: ClassVar[str] = "agent"
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = int(seed)
+        self.history: list[dict[str, Any]] = []
+        self.best: EpisodeRecord | None = None
+
+    @property
+    def episodes_done(self) -> int:
+        """Episodes recorded so far (including those before a resume)."""
+        return len(self.history)
+
+    def validate(self, episodes: int) -> None:
+        """Raise a one-line :class:`AmcError` when ``episodes`` does not suit this agent."""
+        if int(episodes) <= 0:
+            raise AmcError(f"episodes={episodes} must be positive; set episodes=N with N >= 1")
+
+    def setup(self, env: CompressionEnv, episodes: int) -> None:
+        """Prepare for a search on ``env`` (idempotent; called by :meth:`search` and :meth:`load`)."""
+        self.validate(episodes)
+
+    def search(self, env: CompressionEnv, episodes: int, callback: SearchCallback | None = None) -> SearchResult:
+        """Run the search up to ``episodes`` episodes in total (continuing after a :meth:`load`).
+
+        Args:
+            env: the compression environment.
+            episodes: total episode budget (warm-up and scans included).
+            callback: hooks for logging and checkpoints.
+        """
+        callback = callback if callback is not None else SearchCallback()
+        self.setup(env, episodes)
+        callback.on_search_start(self, env, episodes)
+        if self.episodes_done < episodes:
+            self._search(env, int(episodes), callback)
+        result = SearchResult(self.name, self.best, list(self.history))
+        callback.on_search_end(self, result)
+        return result
+
+    @abstractmethod
+    def _search(self, env: CompressionEnv, episodes: int, callback: SearchCallback) -> None:
+        """Run episodes ``episodes_done + 1 .. episodes``."""
+
+    def record(self, info: Mapping[str, Any], phase: str, seconds: float, callback: SearchCallback,
+               eligible: bool = True, extras: Mapping[str, float] | None = None) -> EpisodeRecord:
+        """Log one finished episode: history, best, callbacks.
+
+        Args:
+            info: the environment's end-of-episode info (or :func:`evaluate_config`'s).
+            phase: what the agent was doing.
+            seconds: the episode's wall time.
+            callback: told about the episode.
+            eligible: whether the policy may become the best (it went through the budget wall).
+            extras: agent-specific scalars for the log.
+        """
+        rec = EpisodeRecord.from_info(self.episodes_done + 1, phase, info, seconds, eligible, extras)
+        is_best = rec.eligible and (self.best is None or rec.reward > self.best.reward)
+        if is_best:
+            self.best = rec
+        self.history.append(rec.row())
+        callback.on_episode(self, rec, is_best)
+        return rec
+
+    def train_metrics(self) -> dict[str, float]:
+        """Scalars about the agent's learning (``train/*`` in TensorBoard); none for the baselines."""
+        return {}
+
+    # --- state ----------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-ready state beyond history and best."""
+        return {}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
+
+    def _save_files(self, directory: Path) -> None:
+        """Write state that is not JSON (DDPG: networks and replay buffer)."""
+
+    def _load_files(self, directory: Path) -> None:
+        """Read what :meth:`_save_files` wrote."""
+
+    def save(self, directory: str | Path) -> None:
+        """Write the agent's whole state into ``directory``."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self._save_files(directory)
+        data = {"agent": self.name, "seed": self.seed, "history": self.history,
+                "best": None if self.best is None else self.best.to_dict(), "state": self.state_dict()}
+        atomic_write_bytes(directory / "agent.json", json.dumps(data).encode())
+
+    def load(self, directory: str | Path, env: CompressionEnv, episodes: int) -> None:
+        """Restore a state written by :meth:`save` (sets the agent up for ``env`` first).
+
+        Args:
+            directory: the checkpoint directory.
+            env: the environment the search continues on.
+            episodes: the search's total episode budget.
+        """
+        directory = Path(directory)
+        try:
+            data = json.loads((directory / "agent.json").read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise AmcError(f"checkpoint {directory} has no readable agent.json ({type(exc).__name__}); "
+                           "resume from another run directory or start a new run") from exc
+        if data.get("agent") != self.name:
+            raise AmcError(f"checkpoint {directory} was written by agent {data.get('agent')!r}, not {self.name!r}; "
+                           "resume with the run's own config")
+        self.setup(env, episodes)
+        self.history = list(data["history"])
+        self.best = None if data["best"] is None else EpisodeRecord.from_dict(data["best"])
+        self.load_state_dict(data["state"])
+        self._load_files(directory)
+
+
+# --- helpers the baselines share --------------------------------------------------------------------
+def run_episode(env: CompressionEnv, actions: np.ndarray) -> dict[str, Any]:
+    """Play one episode with fixed per-step actions through the budget wall; return the final info.
+
+    Args:
+        env: the environment.
+        actions: ``(n_units, action_dim)`` actions in [-1, 1].
+    """
+    env.reset()
+    info: dict[str, Any] = {}
+    for t in range(env.n_units):
+        _, _, done, _, info = env.step(np.asarray(actions[t], dtype=np.float32))
+        assert done == (t == env.n_units - 1)
+    return info
+
+
+def keep_action(ratio: float, min_keep: float) -> float:
+    """The keep-dimension action that the environment maps to ``ratio`` (inverse of its linear map)."""
+    if min_keep >= 1.0:
+        return 1.0
+    return float(np.clip(2.0 * (ratio - min_keep) / (1.0 - min_keep) - 1.0, -1.0, 1.0))
+
+
+def level_action(index: int, n: int) -> float:
+    """The bits-dimension action in the middle of level ``index``'s bin (of ``n`` equal bins)."""
+    return -1.0 + (2.0 * index + 1.0) / n
+
+
+def actions_for(env: CompressionEnv, kept: Sequence[int], w_bits: Sequence[int], a_bits: Sequence[int]) -> np.ndarray:
+    """Per-step actions that make the environment choose exactly this configuration when it is legal.
+
+    Kept channels must be among the environment's candidates (``env.channel_choices``) and bits
+    among its levels.
+
+    Args:
+        env: the environment.
+        kept: kept channels per group.
+        w_bits: weight bits per unit.
+        a_bits: activation bits per unit.
+    """
+    out = np.zeros((env.n_units, env.action_dim), dtype=np.float32)
+    for t in range(env.n_units):
+        parts: list[float] = []
+        if env.prune:
+            gi = env.decides.get(t)
+            parts.append(1.0 if gi is None else keep_action(kept[gi] / env.graph.groups[gi].channels, env.min_keep))
+        if env.quantize:
+            parts.append(level_action(env.w_levels.index(int(w_bits[t])), len(env.w_levels)))
+            parts.append(level_action(env.a_levels.index(int(a_bits[t])), len(env.a_levels)))
+        out[t] = parts
+    return out
+
+
+def channels_at(env: CompressionEnv, group: int, ratio: float) -> int:
+    """The largest channel candidate of a decided group not above ``ratio`` of its channels (or the smallest)."""
+    choices = env.channel_choices[group]
+    limit = ratio * env.graph.groups[group].channels + 1e-9
+    fit = [c for c in choices if c <= limit]
+    return int(fit[-1] if fit else choices[0])
+
+
+def evaluate_config(env: CompressionEnv, kept: Sequence[int], w_bits: Sequence[int], a_bits: Sequence[int]) -> dict[str, Any]:
+    """Compress and evaluate a configuration *outside* the budget wall (sensitivity scans).
+
+    Returns an info dict shaped like the environment's end-of-episode info.
+
+    Args:
+        env: the environment (its compressor, search split, cost evaluator and reward).
+        kept: kept channels per group.
+        w_bits: weight bits per unit.
+        a_bits: activation bits per unit.
+    """
+    t0 = time.perf_counter()
+    policy = Policy([int(k) for k in kept], [int(b) for b in w_bits], [int(b) for b in a_bits])
+    model = env.compressor.apply(policy).to(env.device)
+    acc = accuracy(model, tensor_batches(env.search_x, env.search_y, env.eval_batch_size), env.device)["top1"]
+    info: dict[str, Any] = {"accuracy": acc, "dense_accuracy": env.dense_accuracy}
+    for name, value in env.evaluator.metrics(kept, w_bits, a_bits).items():
+        info[name] = value
+        info[f"ratio/{name}"] = value / env.evaluator.dense[name]
+    for name, target in env.wall.budgets.items():
+        info[f"target/{name}"] = target
+    info["budgets"] = {n: {"target": env.wall.budgets[n], "achieved": info[f"ratio/{n}"]} for n in env.wall.names}
+    info["reward"] = float(env.reward_fn(info)) if math.isfinite(acc) else 0.0
+    info["policy"] = policy.to_dict(env.graph)
+    info["timing"] = {"total": time.perf_counter() - t0}
+    return info

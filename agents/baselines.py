@@ -1,0 +1,296 @@
+"""Baselines behind the same interface and the same budget wall: random, uniform and sensitivity-greedy."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from amc.agents.base import (
+    Agent,
+    SearchCallback,
+    actions_for,
+    channels_at,
+    evaluate_config,
+    run_episode,
+)
+from amc.envs import CompressionEnv
+from amc.errors import AmcError
+
+log = logging.getLogger(__name__)
+
+Config = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+class RandomSearch(Agent):
+    """Random search: every action uniform in [-1, 1], the wall keeps each episode within budget.
+
+    Args:
+        seed: seed of the agent's own generator.
+    """
+
+    name = "random"
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__(seed)
+        self.rng = np.random.default_rng(seed)
+
+    def _search(self, env: CompressionEnv, episodes: int, callback: SearchCallback) -> None:
+        for _ in range(self.episodes_done, episodes):
+            t0 = time.perf_counter()
+            actions = self.rng.uniform(-1.0, 1.0, (env.n_units, env.action_dim)).astype(np.float32)
+            info = run_episode(env, actions)
+            self.record(info, "random", time.perf_counter() - t0, callback)
+            callback.on_safe_point(self, self.episodes_done)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.rng.bit_generator.state = dict(state["rng"])
+
+
+def uniform_config(env: CompressionEnv, ratio: float, bits: int) -> Config:
+    """Every decided group at (about) ``ratio`` of its channels, every unit at ``bits`` weight and activation bits."""
+    kept = env.min_kept.copy()
+    for gi in env.decides.values():
+        kept[gi] = channels_at(env, gi, ratio)
+    return kept, np.full(env.n_units, bits, dtype=np.int64), np.full(env.n_units, bits, dtype=np.int64)
+
+
+class UniformSearch(Agent):
+    """One keep ratio and one bitwidth for all units, each candidate the largest that meets every budget.
+
+    For every bitwidth (weights and activations alike, highest first) the largest shared keep ratio
+    whose uniform configuration meets the budgets is found on a grid refined by bisection, with
+    cost-model dry runs only. Candidates that keep no more channels than one with more bits are
+    dominated and dropped, and the list stops at one that keeps every channel. Each candidate then
+    costs one episode through the environment. The search ends after the candidates
+    (usually a handful of episodes), or earlier when the budget runs out.
+
+    Args:
+        grid: points of the initial keep-ratio grid.
+        seed: unused (uniform is deterministic); kept for a common signature.
+    """
+
+    name = "uniform"
+
+    def __init__(self, grid: int = 101, seed: int = 0) -> None:
+        super().__init__(seed)
+        self.grid = int(grid)
+        self.candidates: list[tuple[float, int]] = []
+
+    def setup(self, env: CompressionEnv, episodes: int) -> None:
+        super().setup(env, episodes)
+        if not self.candidates:
+            self.candidates = self.find_candidates(env)
+            if not self.candidates:
+                raise AmcError("no uniform configuration meets the budgets; raise the budgets or lower min_keep/min bits")
+
+    def find_candidates(self, env: CompressionEnv) -> list[tuple[float, int]]:
+        """(keep ratio, bits) pairs, highest bits first, each with the largest feasible shared ratio."""
+        levels = [b for b in env.w_levels if b in env.a_levels] or [env.w_levels[0]]
+        out: list[tuple[float, int]] = []
+        for bits in sorted(levels, reverse=True):
+            ratio = self.largest_ratio(env, bits)
+            if ratio is None or (out and ratio <= out[-1][0]):
+                continue  # fewer bits for no more channels: dominated
+            out.append((ratio, bits))
+            if not env.decides or ratio >= 1.0:
+                break  # fewer bits cannot keep more channels
+        return out
+
+    def largest_ratio(self, env: CompressionEnv, bits: int) -> float | None:
+        """The largest shared keep ratio meeting the budgets at ``bits`` (``None``: none does)."""
+
+        def ok(r: float) -> bool:
+            return env.wall.feasible(*uniform_config(env, r, bits))
+
+        if not env.decides:
+            return 1.0 if ok(1.0) else None
+        grid = np.linspace(env.min_keep, 1.0, self.grid)
+        # A hardware model need not be monotone in channels, so scan the whole grid before bisecting.
+        feasible = [r for r in grid if ok(float(r))]
+        if not feasible:
+            return None
+        lo = float(feasible[-1])
+        if lo >= 1.0:
+            return 1.0
+        hi = float(grid[np.searchsorted(grid, lo, side="right")])
+        for _ in range(30):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+        return lo
+
+    def _search(self, env: CompressionEnv, episodes: int, callback: SearchCallback) -> None:
+        for i in range(self.episodes_done, min(episodes, len(self.candidates))):
+            ratio, bits = self.candidates[i]
+            t0 = time.perf_counter()
+            config = uniform_config(env, ratio, bits)
+            info = run_episode(env, actions_for(env, *config))
+            _check_unclipped(env, config)
+            self.record(info, "uniform", time.perf_counter() - t0, callback,
+                        extras={"uniform_keep": ratio, "uniform_bits": bits})
+            callback.on_safe_point(self, self.episodes_done)
+
+
+def _check_unclipped(env: CompressionEnv, config: Config) -> None:
+    kept, w, a = config
+    if not (np.array_equal(env.kept, kept) and np.array_equal(env.w, w) and np.array_equal(env.a, a)):
+        log.warning("the budget wall changed a configuration that should be legal; the episode used the wall's version")
+
+
+class GreedySearch(Agent):
+    """Per-unit sensitivity scan, then a greedy allocation of the budget to the least sensitive choices.
+
+    1. Scan (one episode each, evaluated outside the wall and never eligible as the best): the
+       *top* configuration (all channels, the highest bit level), then every decision dimension of
+       every unit (keep ratio of the group it decides, weight bits, activation bits) lowered alone
+       to each scan level.
+    2. Allocation (cost model only): from the top configuration, repeatedly lower the dimension
+       with the largest budget saving per unit of measured accuracy loss, until every budget is met;
+       then raise back, best accuracy gain first, any dimension that still fits.
+    3. One episode evaluates the result through the wall.
+
+    Every scan episode counts against the episode budget, which must cover the scan plus one.
+
+    Args:
+        keep_levels: keep ratios scanned per decided group (below ``min_keep`` they become ``min_keep``).
+        bit_levels: bitwidths scanned per unit (levels the environment offers).
+        seed: unused (greedy is deterministic); kept for a common signature.
+    """
+
+    name = "greedy"
+
+    def __init__(self, keep_levels: Sequence[float] = (0.75, 0.5, 0.25), bit_levels: Sequence[int] = (6, 4, 2),
+                 seed: int = 0) -> None:
+        super().__init__(seed)
+        self.keep_levels = [float(r) for r in keep_levels]
+        self.bit_levels = [int(b) for b in bit_levels]
+        self.dims: list[tuple[str, int, list[int]]] = []  # (kind, unit or group, values from top to lowest)
+        self.scans: list[tuple[int, int]] = []  # (dim, level) with (-1, 0) the top configuration
+        self.scan_accuracy: list[float] = []
+
+    # --- plan -----------------------------------------------------------------------------------
+    def _plan(self, env: CompressionEnv) -> None:
+        dims: list[tuple[str, int, list[int]]] = []
+        for t in range(env.n_units):
+            if t in env.decides:
+                gi = env.decides[t]
+                values = [env.graph.groups[gi].channels]
+                for r in self.keep_levels:
+                    c = channels_at(env, gi, max(r, env.min_keep))
+                    if c < values[-1]:
+                        values.append(c)
+                if len(values) > 1:
+                    dims.append(("keep", gi, values))
+            if env.quantize:
+                for kind, levels in (("w", env.w_levels), ("a", env.a_levels)):
+                    values = [levels[-1]] + [b for b in sorted(set(self.bit_levels), reverse=True)
+                                             if b in levels and b < levels[-1]]
+                    if len(values) > 1:
+                        dims.append((kind, t, values))
+        self.dims = dims
+        self.scans = [(-1, 0)] + [(d, lv) for d, (_, _, values) in enumerate(dims) for lv in range(1, len(values))]
+
+    def scan_episodes(self, env: CompressionEnv) -> int:
+        """Episodes the sensitivity scan of ``env`` takes."""
+        if not self.scans:
+            self._plan(env)
+        return len(self.scans)
+
+    def setup(self, env: CompressionEnv, episodes: int) -> None:
+        super().setup(env, episodes)
+        need = self.scan_episodes(env) + 1
+        if episodes < need:
+            raise AmcError(f"greedy needs {need} episodes on this model (a {need - 1}-episode sensitivity scan plus "
+                           f"one); set episodes>={need} or scan fewer levels (agent.keep_levels, agent.bit_levels)")
+
+    def config(self, env: CompressionEnv, levels: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The configuration with dimension ``d`` at scan level ``levels[d]`` (0 = top)."""
+        kept = env.min_kept.copy()
+        for gi in env.decides.values():
+            kept[gi] = env.graph.groups[gi].channels
+        w = np.full(env.n_units, env.w_levels[-1], dtype=np.int64)
+        a = np.full(env.n_units, env.a_levels[-1], dtype=np.int64)
+        for (kind, index, values), lv in zip(self.dims, levels):
+            {"keep": kept, "w": w, "a": a}[kind][index] = values[lv]
+        return kept, w, a
+
+    # --- search ---------------------------------------------------------------------------------
+    def _search(self, env: CompressionEnv, episodes: int, callback: SearchCallback) -> None:
+        while self.episodes_done < len(self.scans):
+            d, lv = self.scans[self.episodes_done]
+            levels = [0] * len(self.dims)
+            if d >= 0:
+                levels[d] = lv
+            t0 = time.perf_counter()
+            info = evaluate_config(env, *self.config(env, levels))
+            self.scan_accuracy.append(float(info["accuracy"]))
+            self.record(info, "scan", time.perf_counter() - t0, callback, eligible=False)
+            callback.on_safe_point(self, self.episodes_done)
+        if self.episodes_done == len(self.scans):
+            t0 = time.perf_counter()
+            config = self.config(env, self.allocate(env))
+            info = run_episode(env, actions_for(env, *config))
+            _check_unclipped(env, config)
+            self.record(info, "greedy", time.perf_counter() - t0, callback)
+            callback.on_safe_point(self, self.episodes_done)
+
+    def drops(self) -> list[list[float]]:
+        """Measured accuracy loss per dimension and level, relative to the top configuration (non-decreasing)."""
+        top = self.scan_accuracy[0]
+        out: list[list[float]] = [[0.0] for _ in self.dims]
+        for (d, _), acc in zip(self.scans[1:], self.scan_accuracy[1:]):
+            out[d].append(max(out[d][-1], top - acc))
+        return out
+
+    def allocate(self, env: CompressionEnv) -> list[int]:
+        """Scan level per dimension: lower the cheapest-per-accuracy dimensions until the budgets hold, then refill."""
+        drop = self.drops()
+        levels = [0] * len(self.dims)
+        names = env.wall.names
+
+        def pressure(lv: Sequence[int]) -> float:
+            ratios = env.wall.ratios(*self.config(env, lv))
+            return sum(ratios[n] / env.wall.budgets[n] for n in names)
+
+        while not env.wall.feasible(*self.config(env, levels)):
+            now = pressure(levels)
+            best, best_score = None, 0.0
+            for d, (_, _, values) in enumerate(self.dims):
+                if levels[d] + 1 >= len(values):
+                    continue
+                trial = list(levels)
+                trial[d] += 1
+                saving = now - pressure(trial)
+                if saving <= 0:
+                    continue
+                score = saving / (drop[d][trial[d]] - drop[d][levels[d]] + 1e-4)
+                if score > best_score:
+                    best, best_score = d, score
+            if best is None:
+                log.warning("greedy: the scan levels cannot meet the budgets; the wall lowers the rest")
+                break
+            levels[best] += 1
+        refill = True
+        while refill:
+            refill = False
+            gains = sorted(((drop[d][levels[d]] - drop[d][levels[d] - 1], d) for d in range(len(self.dims)) if levels[d] > 0),
+                           reverse=True)
+            for _, d in gains:
+                trial = list(levels)
+                trial[d] -= 1
+                if env.wall.feasible(*self.config(env, trial)):
+                    levels, refill = trial, True
+                    break
+        return levels
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"scan_accuracy": self.scan_accuracy}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.scan_accuracy = [float(a) for a in state["scan_accuracy"]]

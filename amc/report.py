@@ -1,0 +1,223 @@
+"""``python -m amc.report <multirun_dir>``: aggregate a sweep of searches, and policy plots.
+
+Reads every ``best_policy.json`` under the directory (one per ``amc.train`` job), groups runs by
+agent and budget, and writes:
+
+- ``report.md`` (also printed): mean +- std over seeds of search accuracy, test accuracy, reward and
+  the achieved cost ratios, per agent and budget;
+- ``report.csv``: one row per run;
+- ``pareto.png``: accuracy against the latency ratio and against the MACs ratio, every run a point
+  and each agent's Pareto front a line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import logging
+import math
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from tabulate import tabulate
+
+from amc.errors import AmcError
+from amc.utils import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+
+
+# --- per-unit policy plot ------------------------------------------------------------------------
+def plot_policy(policy: Mapping[str, Any], title: str = "") -> Figure:
+    """A figure of a per-unit policy: kept output-channel ratio (bars) and weight/activation bits (lines).
+
+    Args:
+        policy: a policy dict (:meth:`amc.compress.Policy.to_dict`).
+        title: the figure title.
+    """
+    units = policy["units"]
+    n = len(units)
+    x = np.arange(n)
+    keep = [u["out_channels"] / u["dense_out_channels"] for u in units]
+    fig = Figure(figsize=(max(5.0, 0.35 * n + 2.0), 3.6), dpi=80)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.bar(x, keep, color="#4c72b0", alpha=0.8, label="kept ratio")
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("kept output channels")
+    ax.set_xticks(x)
+    ax.set_xticklabels([str(i) for i in x] if n > 12 else [u["name"] for u in units], rotation=60, ha="right",
+                       fontsize=7)
+    bits = ax.twinx()
+    bits.plot(x, [u["w_bits"] for u in units], "o-", color="#dd8452", label="weight bits")
+    bits.plot(x, [u["a_bits"] for u in units], "s--", color="#55a868", label="activation bits")
+    bits.set_ylim(0, max(8, *(u["w_bits"] for u in units), *(u["a_bits"] for u in units)) + 1)
+    bits.set_ylabel("bits (32 = float)")
+    handles = ax.get_legend_handles_labels()[0] + bits.get_legend_handles_labels()[0]
+    labels = ax.get_legend_handles_labels()[1] + bits.get_legend_handles_labels()[1]
+    ax.legend(handles, labels, loc="lower left", fontsize=7)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def save_figure(fig: Figure, path: str | Path) -> None:
+    """Write a figure as PNG atomically."""
+    buf = io.BytesIO()
+    FigureCanvasAgg(fig).print_png(buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def save_policy_plot(policy: Mapping[str, Any], path: str | Path, title: str = "") -> None:
+    """Write :func:`plot_policy` as a PNG file."""
+    save_figure(plot_policy(policy, title), path)
+
+
+# --- sweep aggregation ---------------------------------------------------------------------------
+def load_runs(root: str | Path) -> list[dict[str, Any]]:
+    """Every run's ``best_policy.json`` under ``root`` (skipping unreadable ones with a warning).
+
+    Args:
+        root: a multirun directory (or any directory holding run directories).
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise AmcError(f"{root} is not a directory; pass the multirun directory of an `amc.train -m` sweep")
+    runs = []
+    for path in sorted(root.rglob("best_policy.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            log.warning("skipping %s (%s)", path, type(exc).__name__)
+            continue
+        data["run_dir"] = str(path.parent)
+        runs.append(data)
+    if not runs:
+        raise AmcError(f"no best_policy.json under {root}; point to the directory of a finished `amc.train -m` sweep")
+    return runs
+
+
+def _budget_key(run: Mapping[str, Any]) -> str:
+    targets = run.get("budget_targets") or {n: b["target"] for n, b in run.get("budgets", {}).items()}
+    return ",".join(f"{k}={v:g}" for k, v in sorted(targets.items())) or "none"
+
+
+def _mean_std(values: Sequence[float | None]) -> str:
+    vals = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    if not vals:
+        return "-"
+    mean = float(np.mean(vals))
+    std = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+    return f"{mean:.4f} ± {std:.4f}"
+
+
+def aggregate(runs: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+    """Headers and rows of the mean +- std table, one row per (model, mode, hardware, budget, agent)."""
+    groups: dict[tuple[str, ...], list[Mapping[str, Any]]] = {}
+    for run in runs:
+        key = (str(run.get("model")), str(run.get("mode")), str(run.get("hardware")), _budget_key(run), str(run.get("agent")))
+        groups.setdefault(key, []).append(run)
+    ratio_names = sorted({n for run in runs for n in run.get("ratios", {}) if n in ("macs", "latency", "energy", "size")})
+    headers = ["model", "mode", "hardware", "budget", "agent", "seeds", "search acc", "test acc", "reward",
+               *[f"{n} ratio" for n in ratio_names]]
+    rows = []
+    for key in sorted(groups):
+        members = groups[key]
+        rows.append([
+            *key,
+            len(members),
+            _mean_std([r.get("accuracy") for r in members]),
+            _mean_std([r.get("test_accuracy") for r in members]),
+            _mean_std([r.get("reward") for r in members]),
+            *[_mean_std([r.get("ratios", {}).get(n) for r in members]) for n in ratio_names],
+        ])
+    return headers, rows
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Points not dominated by another (lower cost and higher accuracy), sorted by cost.
+
+    Args:
+        points: (cost, accuracy) pairs.
+    """
+    front: list[tuple[float, float]] = []
+    for cost, acc in sorted(points, key=lambda p: (p[0], -p[1])):
+        if not front or acc > front[-1][1]:
+            front.append((cost, acc))
+    return front
+
+
+def plot_pareto(runs: Sequence[Mapping[str, Any]]) -> Figure:
+    """Accuracy (test when available, else search) against the latency and MACs ratios, per agent."""
+    metrics = [m for m in ("latency", "macs") if any(m in r.get("ratios", {}) for r in runs)]
+    fig = Figure(figsize=(5.0 * max(1, len(metrics)), 4.0), dpi=90)
+    agents = sorted({str(r.get("agent")) for r in runs})
+    colors = {a: f"C{i}" for i, a in enumerate(agents)}
+    for i, metric in enumerate(metrics):
+        ax = fig.add_subplot(1, len(metrics), i + 1)
+        for agent in agents:
+            pts = [(float(r["ratios"][metric]), float(r["test_accuracy"] if r.get("test_accuracy") is not None else r["accuracy"]))
+                   for r in runs if str(r.get("agent")) == agent and metric in r.get("ratios", {})]
+            if not pts:
+                continue
+            ax.scatter(*zip(*pts), color=colors[agent], label=agent, alpha=0.75, s=22)
+            front = pareto_front(pts)
+            ax.plot(*zip(*front), color=colors[agent], alpha=0.6)
+        ax.set_xlabel(f"{metric} ratio (compressed / dense)")
+        ax.set_ylabel("accuracy (test if measured, else search)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def report(root: str | Path, out: str | Path | None = None) -> str:
+    """Aggregate the sweep under ``root``; write ``report.md``, ``report.csv`` and ``pareto.png`` into ``out``.
+
+    Args:
+        root: the multirun directory.
+        out: output directory (``root`` when omitted).
+    """
+    runs = load_runs(root)
+    out = Path(out) if out is not None else Path(root)
+    headers, rows = aggregate(runs)
+    table = tabulate(rows, headers=headers, tablefmt="github")
+    text = f"# Sweep report: {Path(root)}\n\n{len(runs)} runs; mean ± std over seeds.\n\n{table}\n"
+    atomic_write_bytes(out / "report.md", text.encode())
+    fields = ["run_dir", "agent", "seed", "model", "mode", "hardware", "budget", "episode", "accuracy", "test_accuracy",
+              "reward"]
+    ratio_names = sorted({n for r in runs for n in r.get("ratios", {})})
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(fields + [f"ratio/{n}" for n in ratio_names])
+    for r in runs:
+        writer.writerow([r.get(f) if f != "budget" else _budget_key(r) for f in fields]
+                        + [r.get("ratios", {}).get(n, "") for n in ratio_names])
+    atomic_write_bytes(out / "report.csv", buf.getvalue().encode())
+    save_figure(plot_pareto(runs), out / "pareto.png")
+    return text
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of ``python -m amc.report``."""
+    parser = argparse.ArgumentParser(prog="python -m amc.report", description=__doc__.splitlines()[0])
+    parser.add_argument("multirun_dir", help="directory of an `amc.train -m` sweep")
+    parser.add_argument("--out", default=None, help="where report.md, report.csv and pareto.png go (default: multirun_dir)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        print(report(args.multirun_dir, args.out))
+    except AmcError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,245 @@
+"""Agents without Hydra: AMC's noise, reward assignment and learning rates on SB3, every agent end to end, state."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from gymnasium import spaces
+
+from amc.agents import (
+    ActorCriticLrPolicy,
+    DDPGAgent,
+    EpisodeRecord,
+    EpisodeRewardReplayBuffer,
+    GreedySearch,
+    RandomSearch,
+    ScaledLrAdam,
+    SearchCallback,
+    TruncatedNormalNoise,
+    UniformSearch,
+)
+from amc.agents.base import Agent, actions_for, run_episode
+from amc.agents.baselines import uniform_config
+from amc.agents.callbacks import Checkpointer, latest_checkpoint, restore_rng
+from amc.compress import Compressor, Policy
+from amc.envs import CompressionEnv
+from amc.errors import AmcError
+from amc.graph import build_graph
+from amc.models import build_model
+
+BUDGETS = {"macs": 0.5, "size": 0.15}
+
+
+def small_env(mode: str = "joint", budgets: dict | None = None, seed: int = 0) -> CompressionEnv:
+    """fmnist_cnn (random weights) on 64 random images: ~20 ms per episode."""
+    torch.manual_seed(seed)
+    model = build_model("fmnist_cnn", num_classes=10, in_channels=1).eval()
+    graph = build_graph(model, (1, 28, 28))
+    gen = torch.Generator().manual_seed(1)
+    calib = [torch.randn(16, 1, 28, 28, generator=gen)]
+    x, y = torch.randn(64, 1, 28, 28, generator=gen), torch.randint(0, 10, (64,), generator=gen)
+    return CompressionEnv(Compressor(model, graph, calibration=calib), (x, y),
+                          budgets=BUDGETS if budgets is None else budgets, mode=mode)
+
+
+class Recorder(SearchCallback):
+    def __init__(self) -> None:
+        self.records: list[EpisodeRecord] = []
+        self.safe: list[int] = []
+        self.train: list[dict[str, float]] = []
+
+    def on_episode(self, agent: Agent, record: EpisodeRecord, is_best: bool) -> None:
+        self.records.append(record)
+
+    def on_safe_point(self, agent: Agent, episodes_done: int) -> None:
+        self.safe.append(episodes_done)
+        self.train.append(agent.train_metrics())
+
+
+# --- noise ---------------------------------------------------------------------------------------
+def test_noise_is_silent_in_warmup_and_decays_only_after_noisy_episodes() -> None:
+    noise = TruncatedNormalNoise(3, sigma=0.5, decay=0.9, warmup_steps=4, seed=0)
+    for _ in range(2):  # a warm-up episode of two steps
+        assert np.all(noise() == 0)
+    noise.reset()  # end of a warm-up episode
+    noise.reset()  # SB3's reset at the start of learn()
+    assert noise.sigma == 0.5
+    noise(), noise()
+    noise.reset()
+    assert noise.sigma == 0.5  # still the warm-up's steps
+    noise()
+    noise.reset()
+    noise.reset()  # a learn() call right after: no second decay
+    assert noise.sigma == pytest.approx(0.45)
+
+
+@pytest.mark.parametrize("center", [None, np.array([0.95, -0.95, 0.0])])
+def test_noise_is_truncated_to_the_bounds(center: np.ndarray | None) -> None:
+    noise = TruncatedNormalNoise(3, sigma=0.5, seed=1, center=None if center is None else (lambda: center))
+    draws = np.array([noise() for _ in range(4000)])
+    if center is None:
+        assert np.all(np.abs(draws) <= 2.0) and abs(draws.mean()) < 0.05
+    else:
+        actions = center + draws
+        assert np.all(actions >= -1.0 - 1e-6) and np.all(actions <= 1.0 + 1e-6)
+        # No mass piles up at a bound (as it would with add-and-clip).
+        assert np.mean(np.isclose(actions, 1.0)) < 0.01
+        assert actions[:, 0].mean() < 0.95 < actions[:, 0].max() + 0.1
+
+
+def test_noise_state_round_trip() -> None:
+    a = TruncatedNormalNoise(2, seed=3, warmup_steps=1)
+    a(), a(), a.reset(), a()
+    b = TruncatedNormalNoise(2, seed=99)
+    b.load_state_dict(a.state_dict())
+    assert np.array_equal(a(), b()) and a.sigma == b.sigma and a.calls == b.calls
+
+
+# --- replay buffer -------------------------------------------------------------------------------
+def make_buffer(size: int = 5, **kwargs) -> EpisodeRewardReplayBuffer:
+    return EpisodeRewardReplayBuffer(size, spaces.Box(0, 1, (2,), np.float32), spaces.Box(-1, 1, (1,), np.float32),
+                                     device="cpu", **kwargs)
+
+
+def add_episode(buf: EpisodeRewardReplayBuffer, steps: int, reward: float) -> None:
+    for t in range(steps):
+        done = t == steps - 1
+        buf.add(np.zeros((1, 2)), np.zeros((1, 2)), np.zeros((1, 1)), np.array([reward if done else 0.0]),
+                np.array([done]), [{}])
+
+
+def test_buffer_backfills_episode_reward_even_across_the_wrap() -> None:
+    buf = make_buffer(5, baseline=False)
+    add_episode(buf, 3, 0.7)
+    assert buf.rewards[:3, 0].tolist() == pytest.approx([0.7] * 3)
+    add_episode(buf, 3, 0.2)  # positions 3, 4, 0
+    assert buf.rewards[[3, 4, 0], 0].tolist() == pytest.approx([0.2] * 3)
+    assert buf.rewards[[1, 2], 0].tolist() == pytest.approx([0.7] * 2)
+    plain = make_buffer(5, backfill=False, baseline=False)
+    add_episode(plain, 3, 0.7)
+    assert plain.rewards[:3, 0].tolist() == pytest.approx([0.0, 0.0, 0.7])
+
+
+def test_buffer_baseline_is_a_moving_average_of_sampled_rewards(tmp_path: Path) -> None:
+    buf = make_buffer(6, baseline_alpha=0.5)
+    add_episode(buf, 3, 1.0)
+    np.random.seed(0)
+    first = buf.sample(4)
+    assert buf.baseline == pytest.approx(1.0) and torch.allclose(first.rewards, torch.zeros(4, 1))
+    add_episode(buf, 3, 0.0)
+    batch = buf.sample(8)
+    raw = batch.rewards + buf.baseline
+    assert buf.baseline == pytest.approx(1.0 + 0.5 * (float(raw.mean()) - 1.0))
+    buf.save(tmp_path / "rb.pt")
+    other = make_buffer(6, baseline_alpha=0.5)
+    other.load(tmp_path / "rb.pt")
+    assert other.pos == buf.pos and other.baseline == buf.baseline and np.array_equal(other.rewards, buf.rewards)
+
+
+# --- learning rates ------------------------------------------------------------------------------
+def test_scaled_adam_steps_with_the_scaled_rate() -> None:
+    p = torch.nn.Parameter(torch.zeros(4))
+    opt = ScaledLrAdam([p], lr=1e-4, lr_scale=10.0)
+    p.grad = torch.ones(4)
+    opt.step()
+    assert torch.allclose(p.detach(), torch.full((4,), -1e-3), rtol=1e-3)  # Adam's first step is lr * sign
+    assert opt.param_groups[0]["lr"] == 1e-4
+
+
+def test_ddpg_actor_and_critic_learn_at_their_own_rates() -> None:
+    agent = DDPGAgent(warmup=1, actor_lr=1e-4, critic_lr=1e-3)
+    agent.setup(small_env(), episodes=3)
+    assert agent.model is not None
+    policy = agent.model.policy
+    assert isinstance(policy, ActorCriticLrPolicy)
+    agent.model._update_learning_rate([agent.model.actor.optimizer, agent.model.critic.optimizer])
+    assert agent.model.actor.optimizer.param_groups[0]["lr"] == pytest.approx(1e-4)
+    critic_opt = agent.model.critic.optimizer
+    assert isinstance(critic_opt, ScaledLrAdam)
+    assert critic_opt.param_groups[0]["lr"] * critic_opt.lr_scale == pytest.approx(1e-3)
+    assert [m.out_features for m in policy.actor.mu if isinstance(m, torch.nn.Linear)][:2] == [300, 300]
+
+
+# --- agents end to end ---------------------------------------------------------------------------
+AGENTS = {
+    "ddpg": lambda: DDPGAgent(warmup=3, seed=0),
+    "random": lambda: RandomSearch(seed=0),
+    "uniform": lambda: UniformSearch(),
+    "greedy": lambda: GreedySearch(keep_levels=[0.5], bit_levels=[4]),
+}
+
+
+@pytest.mark.parametrize("name", list(AGENTS))
+def test_every_agent_searches_within_budget(name: str) -> None:
+    env, agent, rec = small_env(), AGENTS[name](), Recorder()
+    episodes = 22 if name == "greedy" else 6
+    result = agent.search(env, episodes, rec)
+    assert result.agent == name and result.best is not None and result.best.eligible
+    assert 1 <= len(result.episodes) <= episodes and [r.episode for r in rec.records] == list(range(1, len(rec.records) + 1))
+    assert rec.safe == list(range(1, len(rec.records) + 1))
+    for r in rec.records:
+        if r.eligible:
+            assert all(b["achieved"] <= b["target"] * (1 + 1e-9) for b in r.budgets.values())
+    assert result.best.reward == max(r.reward for r in rec.records if r.eligible)
+    policy = Policy.from_dict(result.best.policy, env.graph)
+    assert len(policy.w_bits) == env.n_units
+    if name == "ddpg":
+        phases = [r.phase for r in rec.records]
+        assert phases == ["warmup"] * 3 + ["explore"] * 3
+        assert [r.extras["sigma"] for r in rec.records[3:]] == pytest.approx([0.5, 0.475, 0.45125])
+        assert "critic_loss" in rec.train[-1] and "actor_loss" in rec.train[-1] and "reward_baseline" in rec.train[-1]
+        assert "critic_loss" not in rec.train[2]  # no update during warm-up
+    if name == "greedy":
+        assert [r.phase for r in rec.records].count("scan") == len(rec.records) - 1
+        assert not any(r.eligible for r in rec.records[:-1])
+
+
+def test_same_seed_same_ddpg_search() -> None:
+    runs = [DDPGAgent(warmup=2, seed=5).search(small_env(), 5).episodes for _ in range(2)]
+    strip = [[{k: v for k, v in row.items() if k != "seconds"} for row in rows] for rows in runs]
+    assert strip[0] == strip[1]
+
+
+def test_uniform_candidate_is_legal_unclipped_and_the_largest() -> None:
+    env = small_env()
+    agent = UniformSearch()
+    agent.setup(env, 10)
+    ratio, bits = agent.candidates[0]
+    config = uniform_config(env, ratio, bits)
+    assert env.wall.feasible(*config)
+    run_episode(env, actions_for(env, *config))
+    assert np.array_equal(env.kept, config[0]) and np.array_equal(env.w, config[1])
+    bigger = uniform_config(env, min(1.0, ratio + 0.02), bits)
+    assert not np.array_equal(bigger[0], config[0]) and not env.wall.feasible(*bigger)
+
+
+def test_agents_refuse_bad_episode_counts() -> None:
+    with pytest.raises(AmcError, match="episodes=0 must be positive"):
+        RandomSearch().validate(0)
+    with pytest.raises(AmcError, match="agent.warmup=10 must be smaller than episodes=10"):
+        DDPGAgent(warmup=10).validate(10)
+    with pytest.raises(AmcError, match="greedy needs 22 episodes"):
+        GreedySearch(keep_levels=[0.5], bit_levels=[4]).setup(small_env(), 10)
+
+
+@pytest.mark.parametrize("name", ["ddpg", "random"])
+def test_saved_state_continues_like_an_uninterrupted_search(name: str, tmp_path: Path) -> None:
+    make = {"ddpg": lambda: DDPGAgent(warmup=2, seed=3), "random": lambda: RandomSearch(seed=3)}[name]
+    straight = make().search(small_env(), 7).episodes
+
+    env = small_env()
+    first = make()
+    first.search(env, 4, Checkpointer(tmp_path / "checkpoints", every=4, env=env))
+    np.random.seed(123), torch.manual_seed(123)  # whatever happens in between must not matter
+    env2 = small_env()
+    resumed = make()
+    ckpt = latest_checkpoint(tmp_path)
+    resumed.load(ckpt, env2, 7)
+    restore_rng(ckpt, env2)
+    rest = resumed.search(env2, 7).episodes
+    strip = [[{k: v for k, v in row.items() if k != "seconds"} for row in rows] for rows in (straight, rest)]
+    assert strip[0] == strip[1]
+

@@ -1,0 +1,166 @@
+"""``python -m amc.train`` and ``python -m amc.report``: outputs, TensorBoard, resume after SIGKILL, sweeps, errors.
+
+Everything runs on a tiny Fashion-MNIST stand-in (600 images) with a baseline pretrained once per session.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+from omegaconf import DictConfig
+from test_pretrain import make_fmnist
+
+from amc.compress import Policy
+from amc.errors import AmcError
+from amc.graph import build_graph
+from amc.models import build_model
+from amc.pretrain import load_or_pretrain
+from amc.train import train
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny(root: Path) -> list[str]:
+    """Overrides for the tiny data under ``root`` (its own cache)."""
+    return [f"paths.root_dir={root}", f"data.root={root / 'fm'}", "data.search_size=100", "data.batch_size=64",
+            "pretrain.epochs=3", "env.calibration_batches=2", "env.calibration_batch_size=32",
+            "callbacks.progress_bar=false"]
+
+
+@pytest.fixture(scope="package")
+def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny data and its pretrained baseline, shared by the tests of this module."""
+    root = tmp_path_factory.mktemp("amc_train")
+    make_fmnist(root / "fm")
+    with initialize_config_module(config_module="amc.conf", version_base="1.3"):
+        load_or_pretrain(compose("train", overrides=[*tiny(root), "output_dir=unused"]))
+    return root
+
+
+@pytest.fixture
+def cfg_for(tiny_root: Path, tmp_path: Path) -> Callable[..., DictConfig]:
+    """Compose the train config for the tiny setup, writing into this test's ``tmp_path``."""
+
+    def make(*overrides: str) -> DictConfig:
+        with initialize_config_module(config_module="amc.conf", version_base="1.3"):
+            return compose("train", overrides=[*tiny(tiny_root), f"output_dir={tmp_path}", *overrides])
+
+    return make
+
+
+def cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=REPO, timeout=timeout,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+AGENT_ARGS = {
+    "ddpg": ["episodes=6", "agent.warmup=3", "callbacks.image_every=2", "callbacks.checkpoint_every=2"],
+    "random": ["episodes=4"],
+    "uniform": ["episodes=4"],
+    "greedy": ["episodes=22", "agent.keep_levels=[0.5]", "agent.bit_levels=[4]"],
+}
+
+
+@pytest.mark.parametrize("agent", list(AGENT_ARGS))
+def test_search_writes_every_output(agent: str, cfg_for: Callable[..., DictConfig], tmp_path: Path) -> None:
+    summary = train(cfg_for(f"agent={agent}", *AGENT_ARGS[agent]))
+    best = json.loads((tmp_path / "best_policy.json").read_text())
+    assert best["agent"] == agent and best["budgets"]["latency"]["target"] == 0.5
+    assert best["budgets"]["latency"]["achieved"] <= 0.5
+    assert {"accuracy", "reward", "episode", "config_hash", "test_accuracy", "metrics", "ratios"} <= set(best)
+    graph = build_graph(build_model("fmnist_cnn", num_classes=10, in_channels=1), (1, 28, 28))
+    policy = Policy.load(tmp_path / "best_policy.json", graph)
+    assert len(policy.kept) == len(graph.groups)
+    rows = list(csv.DictReader((tmp_path / "episodes.csv").open()))
+    assert len(rows) == summary["episodes"] and {"reward", "accuracy", "ratio/latency", "ratio/macs", "seconds"} <= set(rows[0])
+    assert float(rows[-1]["best_reward"]) == pytest.approx(best["reward"])
+    assert (tmp_path / "checkpoints" / "latest.json").is_file() and (tmp_path / "best_policy.png").is_file()
+    assert "| latency" in summary["table"] and "dense" in summary["table"]
+
+
+def test_tensorboard_has_search_policy_train_and_hparams(cfg_for: Callable[..., DictConfig], tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(cfg_for("agent=ddpg", *AGENT_ARGS["ddpg"]))
+    events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    tags = events.Tags()
+    scalars = set(tags["scalars"])
+    assert {"search/reward", "search/accuracy", "search/ratio/latency", "search/ratio/macs", "search/best_reward",
+            "policy/mean_keep", "policy/mean_w_bits", "train/noise_sigma", "train/actor_loss",
+            "train/critic_loss", "hparam/best_reward"} <= scalars
+    assert [e.step for e in events.Scalars("search/reward")] == list(range(1, 7))
+    assert {"policy/best", "policy/episode"} <= set(tags["images"])
+    assert [e.step for e in events.Images("policy/episode")] == [2, 4, 6]
+    assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(events.PluginTagToContent("hparams"))
+
+
+def _run_args(root: Path, *extra: str) -> list[str]:
+    return ["-m", "amc.train", *tiny(root), "episodes=14", "agent.warmup=3", "callbacks.checkpoint_every=4", *extra]
+
+
+def test_resume_after_sigkill_ends_with_the_same_best_policy(tiny_root: Path, tmp_path: Path) -> None:
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    done = cli(*_run_args(tiny_root, f"hydra.run.dir={straight}"))
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    proc = subprocess.Popen([sys.executable, *_run_args(tiny_root, f"hydra.run.dir={killed}")], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest, deadline = killed / "checkpoints" / "latest.json", time.time() + 120
+    while proc.poll() is None and time.time() < deadline:
+        if latest.exists() and json.loads(latest.read_text())["episode"] >= 4:
+            time.sleep(0.2)  # let it run into the next episodes, past the checkpoint
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the search finished before it could be killed"
+    stopped_at = json.loads(latest.read_text())["episode"]
+    assert 4 <= stopped_at < 14
+
+    resumed = cli("-m", "amc.train", f"resume={killed}", f"hydra.run.dir={tmp_path / 'resume_log'}")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = (json.loads((d / "best_policy.json").read_text()) for d in (killed, straight))
+    assert a["policy"] == b["policy"] and a["episode"] == b["episode"] and a["reward"] == b["reward"]
+    assert a["config_hash"] == b["config_hash"]
+    rows = [[{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader((d / "episodes.csv").open())]
+            for d in (killed, straight)]
+    assert rows[0] == rows[1] and len(rows[0]) == 14
+
+
+def test_joblib_multirun_and_report(tiny_root: Path, tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    run = cli("-m", "amc.train", "-m", *tiny(tiny_root), "agent=random,uniform", "episodes=3",
+              f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=job${hydra.job.num}")
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "Joblib.Parallel(n_jobs=2" in run.stdout + run.stderr
+    assert sorted(p.parent.name for p in sweep.glob("*/best_policy.json")) == ["job0", "job1"]
+    report = cli("-m", "amc.report", str(sweep))
+    assert report.returncode == 0, report.stderr[-2000:]
+    text = (sweep / "report.md").read_text()
+    assert "random" in text and "uniform" in text and "latency=0.5" in text and "±" in text
+    assert (sweep / "pareto.png").stat().st_size > 1000 and (sweep / "report.csv").is_file()
+
+
+def test_bad_overrides_fail_with_one_line(cfg_for: Callable[..., DictConfig], tiny_root: Path, tmp_path: Path) -> None:
+    zero = cli(*_run_args(tiny_root, "episodes=0", f"hydra.run.dir={tmp_path / 'zero'}"))
+    assert zero.returncode == 2 and zero.stderr.strip().splitlines()[-1] == (
+        "error: episodes=0 must be positive; set episodes=N with N >= 1")
+    unknown = cli(*_run_args(tiny_root, "agent=sarsa", f"hydra.run.dir={tmp_path / 'unknown'}"))
+    assert unknown.returncode != 0 and "sarsa" in unknown.stderr
+    with pytest.raises(AmcError, match="agent.warmup=5 must be smaller than episodes=5"):
+        train(cfg_for("episodes=5", "agent.warmup=5"))
+    with pytest.raises(AmcError, match=r"budget latency=0.01 is unreachable: the smallest reachable ratio is 0\.\d+"):
+        train(cfg_for("budgets.latency=0.01", "agent=random", "episodes=2"))
+    with pytest.raises(AmcError, match="has no checkpoint"):
+        train(cfg_for(f"resume={tmp_path / 'zero'}"))
