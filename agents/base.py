@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
-
-from amc.compress import Policy
 from amc.envs import CompressionEnv
 from amc.envs.budget import METRICS
+
+from amc.compress import Policy
 from amc.errors import AmcError
 from amc.evaluate import accuracy, tensor_batches
 from amc.utils import atomic_write_bytes
@@ -58,8 +58,15 @@ class EpisodeRecord:
     policy: dict[str, Any] | None = None
 
     @classmethod
-    def from_info(cls, episode: int, phase: str, info: Mapping[str, Any], seconds: float, eligible: bool = True,
-                  extras: Mapping[str, float] | None = None) -> EpisodeRecord:
+    def from_info(
+        cls,
+        episode: int,
+        phase: str,
+        info: Mapping[str, Any],
+        seconds: float,
+        eligible: bool = True,
+        extras: Mapping[str, float] | None = None,
+    ) -> EpisodeRecord:
         """Build a record from the ``info`` the environment returns at the end of an episode."""
         return cls(
             episode=episode,
@@ -68,8 +75,10 @@ class EpisodeRecord:
             accuracy=float(info["accuracy"]),
             ratios={k.split("/", 1)[1]: float(v) for k, v in info.items() if k.startswith("ratio/")},
             metrics={k: float(info[k]) for k in METRICS if k in info},
-            budgets={n: {"target": float(b["target"]), "achieved": float(b["achieved"])}
-                     for n, b in info.get("budgets", {}).items()},
+            budgets={
+                n: {"target": float(b["target"]), "achieved": float(b["achieved"])}
+                for n, b in info.get("budgets", {}).items()
+            },
             seconds=float(seconds),
             eligible=eligible and "failed" not in info and math.isfinite(float(info["accuracy"])),
             extras={k: float(v) for k, v in (extras or {}).items()},
@@ -78,8 +87,12 @@ class EpisodeRecord:
 
     def row(self) -> dict[str, Any]:
         """Flat scalars for the episode log (``episodes.csv``)."""
-        out: dict[str, Any] = {"episode": self.episode, "phase": self.phase, "reward": self.reward,
-                               "accuracy": self.accuracy}
+        out: dict[str, Any] = {
+            "episode": self.episode,
+            "phase": self.phase,
+            "reward": self.reward,
+            "accuracy": self.accuracy,
+        }
         out.update({f"ratio/{k}": v for k, v in self.ratios.items()})
         out["seconds"] = self.seconds
         out["eligible"] = int(self.eligible)
@@ -208,8 +221,15 @@ class Agent(ABC):
     def _search(self, env: CompressionEnv, episodes: int, callback: SearchCallback) -> None:
         """Run episodes ``episodes_done + 1 .. episodes``."""
 
-    def record(self, info: Mapping[str, Any], phase: str, seconds: float, callback: SearchCallback,
-               eligible: bool = True, extras: Mapping[str, float] | None = None) -> EpisodeRecord:
+    def record(
+        self,
+        info: Mapping[str, Any],
+        phase: str,
+        seconds: float,
+        callback: SearchCallback,
+        eligible: bool = True,
+        extras: Mapping[str, float] | None = None,
+    ) -> EpisodeRecord:
         """Log one finished episode: history, best, callbacks.
 
         Args:
@@ -237,13 +257,13 @@ class Agent(ABC):
         """JSON-ready state beyond history and best."""
         return {}
 
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:  # noqa: B027 (optional hook)
         """Restore :meth:`state_dict`."""
 
-    def _save_files(self, directory: Path) -> None:
+    def _save_files(self, directory: Path) -> None:  # noqa: B027 (optional hook)
         """Write state that is not JSON (DDPG: networks and replay buffer)."""
 
-    def _load_files(self, directory: Path) -> None:
+    def _load_files(self, directory: Path) -> None:  # noqa: B027 (optional hook)
         """Read what :meth:`_save_files` wrote."""
 
     def save(self, directory: str | Path) -> None:
@@ -251,8 +271,13 @@ class Agent(ABC):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self._save_files(directory)
-        data = {"agent": self.name, "seed": self.seed, "history": self.history,
-                "best": None if self.best is None else self.best.to_dict(), "state": self.state_dict()}
+        data = {
+            "agent": self.name,
+            "seed": self.seed,
+            "history": self.history,
+            "best": None if self.best is None else self.best.to_dict(),
+            "state": self.state_dict(),
+        }
         atomic_write_bytes(directory / "agent.json", json.dumps(data).encode())
 
     def load(self, directory: str | Path, env: CompressionEnv, episodes: int) -> None:
@@ -267,11 +292,15 @@ class Agent(ABC):
         try:
             data = json.loads((directory / "agent.json").read_text())
         except (OSError, json.JSONDecodeError) as exc:
-            raise AmcError(f"checkpoint {directory} has no readable agent.json ({type(exc).__name__}); "
-                           "resume from another run directory or start a new run") from exc
+            raise AmcError(
+                f"checkpoint {directory} has no readable agent.json ({type(exc).__name__}); "
+                "resume from another run directory or start a new run"
+            ) from exc
         if data.get("agent") != self.name:
-            raise AmcError(f"checkpoint {directory} was written by agent {data.get('agent')!r}, not {self.name!r}; "
-                           "resume with the run's own config")
+            raise AmcError(
+                f"checkpoint {directory} was written by agent {data.get('agent')!r}, not {self.name!r}; "
+                "resume with the run's own config"
+            )
         self.setup(env, episodes)
         self.history = list(data["history"])
         self.best = None if data["best"] is None else EpisodeRecord.from_dict(data["best"])
@@ -340,7 +369,9 @@ def channels_at(env: CompressionEnv, group: int, ratio: float) -> int:
     return int(fit[-1] if fit else choices[0])
 
 
-def evaluate_config(env: CompressionEnv, kept: Sequence[int], w_bits: Sequence[int], a_bits: Sequence[int]) -> dict[str, Any]:
+def evaluate_config(
+    env: CompressionEnv, kept: Sequence[int], w_bits: Sequence[int], a_bits: Sequence[int]
+) -> dict[str, Any]:
     """Compress and evaluate a configuration *outside* the budget wall (sensitivity scans).
 
     Returns an info dict shaped like the environment's end-of-episode info.

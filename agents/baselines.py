@@ -8,7 +8,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-
 from amc.agents.base import (
     Agent,
     SearchCallback,
@@ -18,6 +17,7 @@ from amc.agents.base import (
     run_episode,
 )
 from amc.envs import CompressionEnv
+
 from amc.errors import AmcError
 
 log = logging.getLogger(__name__)
@@ -88,7 +88,9 @@ class UniformSearch(Agent):
         if not self.candidates:
             self.candidates = self.find_candidates(env)
             if not self.candidates:
-                raise AmcError("no uniform configuration meets the budgets; raise the budgets or lower min_keep/min bits")
+                raise AmcError(
+                    "no uniform configuration meets the budgets; raise the budgets or lower min_keep/min bits"
+                )
 
     def find_candidates(self, env: CompressionEnv) -> list[tuple[float, int]]:
         """(keep ratio, bits) pairs, highest bits first, each with the largest feasible shared ratio."""
@@ -132,8 +134,13 @@ class UniformSearch(Agent):
             config = uniform_config(env, ratio, bits)
             info = run_episode(env, actions_for(env, *config))
             _check_unclipped(env, config)
-            self.record(info, "uniform", time.perf_counter() - t0, callback,
-                        extras={"uniform_keep": ratio, "uniform_bits": bits})
+            self.record(
+                info,
+                "uniform",
+                time.perf_counter() - t0,
+                callback,
+                extras={"uniform_keep": ratio, "uniform_bits": bits},
+            )
             callback.on_safe_point(self, self.episodes_done)
 
 
@@ -151,8 +158,9 @@ class GreedySearch(Agent):
        every unit (keep ratio of the group it decides, weight bits, activation bits) lowered alone
        to each scan level.
     2. Allocation (cost model only): from the top configuration, repeatedly lower the dimension
-       with the largest budget saving per unit of measured accuracy loss, until every budget is met;
-       then raise back, best accuracy gain first, any dimension that still fits.
+       (to any lower scan level) with the largest budget saving per unit of measured accuracy loss,
+       until every budget is met; then raise back, best accuracy gain first, any dimension that
+       still fits.
     3. One episode evaluates the result through the wall.
 
     Every scan episode counts against the episode budget, which must cover the scan plus one.
@@ -165,8 +173,9 @@ class GreedySearch(Agent):
 
     name = "greedy"
 
-    def __init__(self, keep_levels: Sequence[float] = (0.75, 0.5, 0.25), bit_levels: Sequence[int] = (6, 4, 2),
-                 seed: int = 0) -> None:
+    def __init__(
+        self, keep_levels: Sequence[float] = (0.75, 0.5, 0.25), bit_levels: Sequence[int] = (6, 4, 2), seed: int = 0
+    ) -> None:
         super().__init__(seed)
         self.keep_levels = [float(r) for r in keep_levels]
         self.bit_levels = [int(b) for b in bit_levels]
@@ -189,8 +198,9 @@ class GreedySearch(Agent):
                     dims.append(("keep", gi, values))
             if env.quantize:
                 for kind, levels in (("w", env.w_levels), ("a", env.a_levels)):
-                    values = [levels[-1]] + [b for b in sorted(set(self.bit_levels), reverse=True)
-                                             if b in levels and b < levels[-1]]
+                    values = [levels[-1]] + [
+                        b for b in sorted(set(self.bit_levels), reverse=True) if b in levels and b < levels[-1]
+                    ]
                     if len(values) > 1:
                         dims.append((kind, t, values))
         self.dims = dims
@@ -206,8 +216,10 @@ class GreedySearch(Agent):
         super().setup(env, episodes)
         need = self.scan_episodes(env) + 1
         if episodes < need:
-            raise AmcError(f"greedy needs {need} episodes on this model (a {need - 1}-episode sensitivity scan plus "
-                           f"one); set episodes>={need} or scan fewer levels (agent.keep_levels, agent.bit_levels)")
+            raise AmcError(
+                f"greedy needs {need} episodes on this model (a {need - 1}-episode sensitivity scan plus "
+                f"one); set episodes>={need} or scan fewer levels (agent.keep_levels, agent.bit_levels)"
+            )
 
     def config(self, env: CompressionEnv, levels: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The configuration with dimension ``d`` at scan level ``levels[d]`` (0 = top)."""
@@ -260,27 +272,29 @@ class GreedySearch(Agent):
 
         while not env.wall.feasible(*self.config(env, levels)):
             now = pressure(levels)
-            best, best_score = None, 0.0
+            best: tuple[int, int] | None = None
+            best_score = 0.0
+            # Any lower level, not only the next: a cost model can be flat between levels (an 8-bit
+            # datapath runs 6 bits as 8), so one step may save nothing where two save a lot.
             for d, (_, _, values) in enumerate(self.dims):
-                if levels[d] + 1 >= len(values):
-                    continue
-                trial = list(levels)
-                trial[d] += 1
-                saving = now - pressure(trial)
-                if saving <= 0:
-                    continue
-                score = saving / (drop[d][trial[d]] - drop[d][levels[d]] + 1e-4)
-                if score > best_score:
-                    best, best_score = d, score
+                for lv in range(levels[d] + 1, len(values)):
+                    trial = list(levels)
+                    trial[d] = lv
+                    saving = now - pressure(trial)
+                    if saving <= 0:
+                        continue
+                    score = saving / (drop[d][lv] - drop[d][levels[d]] + 1e-4)
+                    if score > best_score:
+                        best, best_score = (d, lv), score
             if best is None:
                 log.warning("greedy: the scan levels cannot meet the budgets; the wall lowers the rest")
                 break
-            levels[best] += 1
+            levels[best[0]] = best[1]
         refill = True
         while refill:
             refill = False
-            gains = sorted(((drop[d][levels[d]] - drop[d][levels[d] - 1], d) for d in range(len(self.dims)) if levels[d] > 0),
-                           reverse=True)
+            lowered = [d for d in range(len(self.dims)) if levels[d] > 0]
+            gains = sorted(((drop[d][levels[d]] - drop[d][levels[d] - 1], d) for d in lowered), reverse=True)
             for _, d in gains:
                 trial = list(levels)
                 trial[d] -= 1

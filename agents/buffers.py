@@ -53,16 +53,30 @@ class EpisodeRewardReplayBuffer(ReplayBuffer):
     ) -> None:
         if n_envs != 1 or optimize_memory_usage:
             raise ValueError("EpisodeRewardReplayBuffer supports one environment without optimize_memory_usage")
-        super().__init__(buffer_size, observation_space, action_space, device, n_envs=n_envs,
-                         optimize_memory_usage=False, handle_timeout_termination=handle_timeout_termination)
+        super().__init__(
+            buffer_size,
+            observation_space,
+            action_space,
+            device,
+            n_envs=n_envs,
+            optimize_memory_usage=False,
+            handle_timeout_termination=handle_timeout_termination,
+        )
         self.backfill = bool(backfill)
         self.use_baseline = bool(baseline)
         self.baseline_alpha = float(baseline_alpha)
         self.baseline: float | None = None
         self.episode_positions: list[int] = []
 
-    def add(self, obs: np.ndarray, next_obs: np.ndarray, action: np.ndarray, reward: np.ndarray,
-            done: np.ndarray, infos: list[dict[str, Any]]) -> None:
+    def add(
+        self,
+        obs: np.ndarray,
+        next_obs: np.ndarray,
+        action: np.ndarray,
+        reward: np.ndarray,
+        done: np.ndarray,
+        infos: list[dict[str, Any]],
+    ) -> None:
         """Store a transition; at the end of an episode, write its reward into all of its transitions."""
         self.episode_positions.append(self.pos)
         super().add(obs, next_obs, action, reward, done, infos)
@@ -84,8 +98,12 @@ class EpisodeRewardReplayBuffer(ReplayBuffer):
     def save(self, path: str | Path) -> None:
         """Write the contents as tensors (readable with ``torch.load(weights_only=True)``), atomically."""
         state: dict[str, Any] = {name: torch.from_numpy(np.ascontiguousarray(getattr(self, name))) for name in ARRAYS}
-        state.update(pos=int(self.pos), full=bool(self.full), baseline=self.baseline,
-                     episode_positions=list(self.episode_positions))
+        state.update(
+            pos=int(self.pos),
+            full=bool(self.full),
+            baseline=self.baseline,
+            episode_positions=list(self.episode_positions),
+        )
         atomic_torch_save(state, path)
 
     def load(self, path: str | Path) -> None:

@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
-
 from amc.agents.base import Agent, EpisodeRecord, SearchCallback, SearchResult
 from amc.envs import CompressionEnv
+from tqdm.auto import tqdm
+
 from amc.errors import AmcError
 from amc.utils import atomic_torch_save, atomic_write_bytes
 
@@ -38,13 +38,20 @@ class ProgressBar(SearchCallback):
         self.bar: Any = None
 
     def on_search_start(self, agent: Agent, env: CompressionEnv, episodes: int) -> None:
-        self.bar = tqdm(total=episodes, initial=agent.episodes_done, desc=f"search[{agent.name}]",
-                        unit="ep", dynamic_ncols=True, disable=not self.enabled)
+        self.bar = tqdm(
+            total=episodes,
+            initial=agent.episodes_done,
+            desc=f"search[{agent.name}]",
+            unit="ep",
+            dynamic_ncols=True,
+            disable=not self.enabled,
+        )
 
     def on_episode(self, agent: Agent, record: EpisodeRecord, is_best: bool) -> None:
         best = agent.best.reward if agent.best is not None else float("nan")
-        self.bar.set_postfix(reward=f"{record.reward:.4f}", acc=f"{record.accuracy:.4f}", best=f"{best:.4f}",
-                             refresh=False)
+        self.bar.set_postfix(
+            reward=f"{record.reward:.4f}", acc=f"{record.accuracy:.4f}", best=f"{best:.4f}", refresh=False
+        )
         self.bar.update(1)
 
     def on_search_end(self, agent: Agent, result: SearchResult) -> None:
@@ -81,7 +88,7 @@ class EpisodeLog(SearchCallback):
         self.best = max((float(r["reward"]) for r in agent.history if int(r.get("eligible", 1))), default=float("-inf"))
         buf = io.StringIO()
         if rows:
-            writer = csv.DictWriter(buf, fieldnames=self.fields, extrasaction="ignore", restval="")
+            writer = csv.DictWriter(buf, fieldnames=list(rows[0]), extrasaction="ignore", restval="")
             writer.writeheader()
             writer.writerows(rows)
         atomic_write_bytes(self.path, buf.getvalue().encode())
@@ -174,13 +181,15 @@ class TensorBoardLogger(SearchCallback):
             w.add_scalar("search/best_accuracy", agent.best.accuracy, step)
         if record.policy is not None:
             units = record.policy["units"]
-            w.add_scalar("policy/mean_keep", float(np.mean([u["out_channels"] / u["dense_out_channels"] for u in units])), step)
+            keep = [u["out_channels"] / u["dense_out_channels"] for u in units]
+            w.add_scalar("policy/mean_keep", float(np.mean(keep)), step)
             w.add_scalar("policy/mean_w_bits", float(np.mean([u["w_bits"] for u in units])), step)
             w.add_scalar("policy/mean_a_bits", float(np.mean([u["a_bits"] for u in units])), step)
             if self.image_every and step % self.image_every == 0:
                 w.add_image("policy/episode", policy_image(record.policy, f"episode {step}"), step, dataformats="HWC")
             if is_best:
-                w.add_image("policy/best", policy_image(record.policy, f"best: episode {step}"), step, dataformats="HWC")
+                image = policy_image(record.policy, f"best: episode {step}")
+                w.add_image("policy/best", image, step, dataformats="HWC")
 
     def on_safe_point(self, agent: Agent, episodes_done: int) -> None:
         for name, value in agent.train_metrics().items():
@@ -281,8 +290,7 @@ class Checkpointer(SearchCallback):
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        atomic_write_bytes(self.directory / "latest.json",
-                           json.dumps({"episode": episodes_done, "dir": name}).encode())
+        atomic_write_bytes(self.directory / "latest.json", json.dumps({"episode": episodes_done, "dir": name}).encode())
         for old in self.directory.iterdir():
             if old.is_dir() and old.name != name:
                 shutil.rmtree(old, ignore_errors=True)
@@ -300,8 +308,10 @@ def latest_checkpoint(run_dir: str | Path) -> Path:
     try:
         name = json.loads(pointer.read_text())["dir"]
     except (OSError, json.JSONDecodeError, KeyError, TypeError) as exc:
-        raise AmcError(f"{run_dir} has no checkpoint ({pointer} is missing or unreadable); "
-                       "resume a run that saved one (see callbacks.checkpoint_every) or start a new run") from exc
+        raise AmcError(
+            f"{run_dir} has no checkpoint ({pointer} is missing or unreadable); "
+            "resume a run that saved one (see callbacks.checkpoint_every) or start a new run"
+        ) from exc
     path = pointer.parent / str(name)
     if not path.is_dir():
         raise AmcError(f"checkpoint {path} named by {pointer} is missing; start a new run")
@@ -315,5 +325,7 @@ def restore_rng(checkpoint: str | Path, env: CompressionEnv) -> None:
         plain = json.loads((checkpoint / "rng.json").read_text())
         tensors = torch.load(checkpoint / "rng.pt", map_location="cpu", weights_only=True)
     except (OSError, json.JSONDecodeError, RuntimeError) as exc:
-        raise AmcError(f"checkpoint {checkpoint} has unreadable RNG state ({type(exc).__name__}); start a new run") from exc
+        raise AmcError(
+            f"checkpoint {checkpoint} has unreadable RNG state ({type(exc).__name__}); start a new run"
+        ) from exc
     set_rng_state(plain, tensors, env)

@@ -20,23 +20,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch as th
-from stable_baselines3 import DDPG
-from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.logger import Logger
-
 from amc.agents.base import Agent, SearchCallback
 from amc.agents.buffers import EpisodeRewardReplayBuffer
 from amc.agents.noise import TruncatedNormalNoise
 from amc.agents.policies import ActorCriticLrPolicy
 from amc.envs import CompressionEnv
+from stable_baselines3 import DDPG
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.logger import Logger
+
 from amc.errors import AmcError
 
 COUNTERS = ("num_timesteps", "_episode_num", "_n_updates")
 
 
 class DDPGAgent(Agent):
-    """AMC's DDPG search, on SB3's :class:`~stable_baselines3.DDPG`.
+    """AMC's DDPG search, on SB3's :class:`~stable_baselines3.DDPG` (defaults: AMC's values).
 
     Args:
         warmup: episodes of uniform random actions before learning (AMC 100, HAQ 20).
@@ -62,7 +61,7 @@ class DDPGAgent(Agent):
 
     def __init__(
         self,
-        warmup: int = 20,
+        warmup: int = 100,
         actor_lr: float = 1e-4,
         critic_lr: float = 1e-3,
         net_arch: Sequence[int] = (300, 300),
@@ -99,8 +98,10 @@ class DDPGAgent(Agent):
         if self.warmup < 0:
             raise AmcError(f"agent.warmup={self.warmup} must be >= 0")
         if self.warmup >= int(episodes):
-            raise AmcError(f"agent.warmup={self.warmup} must be smaller than episodes={episodes}; "
-                           f"lower agent.warmup or raise episodes")
+            raise AmcError(
+                f"agent.warmup={self.warmup} must be smaller than episodes={episodes}; "
+                f"lower agent.warmup or raise episodes"
+            )
         if self.buffer_episodes < 1 or self.batch_size < 1:
             raise AmcError("agent.buffer_episodes and agent.batch_size must be >= 1")
 
@@ -109,9 +110,16 @@ class DDPGAgent(Agent):
         if self.model is not None:
             return
         n = env.n_units
-        self.noise = TruncatedNormalNoise(env.action_dim, self.sigma, self.sigma_decay,
-                                          float(env.action_space.low.min()), float(env.action_space.high.max()),
-                                          warmup_steps=self.warmup * n, seed=self.seed, center=self._actor_action if self.noise_around_action else None)
+        self.noise = TruncatedNormalNoise(
+            env.action_dim,
+            self.sigma,
+            self.sigma_decay,
+            float(env.action_space.low.min()),
+            float(env.action_space.high.max()),
+            warmup_steps=self.warmup * n,
+            seed=self.seed,
+            center=self._actor_action if self.noise_around_action else None,
+        )
         self.model = DDPG(
             ActorCriticLrPolicy,
             env,
@@ -125,8 +133,11 @@ class DDPGAgent(Agent):
             gradient_steps=-1,
             action_noise=self.noise,
             replay_buffer_class=EpisodeRewardReplayBuffer,
-            replay_buffer_kwargs={"backfill": self.reward_backfill, "baseline": self.reward_baseline,
-                                  "baseline_alpha": self.baseline_alpha},
+            replay_buffer_kwargs={
+                "backfill": self.reward_backfill,
+                "baseline": self.reward_baseline,
+                "baseline_alpha": self.baseline_alpha,
+            },
             policy_kwargs={"net_arch": list(self.net_arch), "critic_lr": self.critic_lr},
             seed=self.seed,
             device=self.device,
@@ -181,8 +192,10 @@ class DDPGAgent(Agent):
         assert self.model is not None
         # SB3's own format for networks and optimizers (read back with set_parameters, which only
         # loads tensors); the replay buffer as plain tensors instead of SB3's pickle.
-        self.model.save(directory / "agent.zip", exclude=["action_noise", "replay_buffer", "_last_obs",
-                                                           "_last_original_obs", "_last_episode_starts"])
+        self.model.save(
+            directory / "agent.zip",
+            exclude=["action_noise", "replay_buffer", "_last_obs", "_last_original_obs", "_last_episode_starts"],
+        )
         buffer = self.model.replay_buffer
         assert isinstance(buffer, EpisodeRewardReplayBuffer)
         buffer.save(directory / "replay_buffer.pt")
@@ -229,4 +242,3 @@ class _Bridge(BaseCallback):
         if self._pending:
             self._pending = False
             self.search_callback.on_safe_point(self.agent, self.agent.episodes_done)
-

@@ -113,4 +113,5 @@ class TruncatedNormalNoise(ActionNoise):
         self.rng.bit_generator.state = state["rng"]
 
     def __repr__(self) -> str:
-        return f"TruncatedNormalNoise(sigma={self.sigma:.4g}, decay={self.decay}, around_action={self.center is not None})"
+        around = self.center is not None
+        return f"TruncatedNormalNoise(sigma={self.sigma:.4g}, decay={self.decay}, around_action={around})"

@@ -61,8 +61,9 @@ class ActorCriticLrPolicy(TD3Policy):
         if self.optimizer_class is not th.optim.Adam:
             raise ValueError("critic_lr needs the Adam optimizer (AMC's); drop critic_lr to use another optimizer")
         base = float(lr_schedule(1))
-        self.critic.optimizer = ScaledLrAdam(self.critic.parameters(), lr=base, lr_scale=self.critic_lr / base,
-                                             **self.optimizer_kwargs)
+        self.critic.optimizer = ScaledLrAdam(
+            self.critic.parameters(), lr=base, lr_scale=self.critic_lr / base, **self.optimizer_kwargs
+        )
 
     def _get_constructor_parameters(self) -> dict[str, Any]:
         return {**super()._get_constructor_parameters(), "critic_lr": self.critic_lr}

@@ -52,8 +52,9 @@ def plot_policy(policy: Mapping[str, Any], title: str = "") -> Figure:
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("kept output channels")
     ax.set_xticks(x)
-    ax.set_xticklabels([str(i) for i in x] if n > 12 else [u["name"] for u in units], rotation=60, ha="right",
-                       fontsize=7)
+    ax.set_xticklabels(
+        [str(i) for i in x] if n > 12 else [u["name"] for u in units], rotation=60, ha="right", fontsize=7
+    )
     bits = ax.twinx()
     bits.plot(x, [u["w_bits"] for u in units], "o-", color="#dd8452", label="weight bits")
     bits.plot(x, [u["a_bits"] for u in units], "s--", color="#55a868", label="activation bits")
@@ -122,22 +123,41 @@ def aggregate(runs: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[A
     """Headers and rows of the mean +- std table, one row per (model, mode, hardware, budget, agent)."""
     groups: dict[tuple[str, ...], list[Mapping[str, Any]]] = {}
     for run in runs:
-        key = (str(run.get("model")), str(run.get("mode")), str(run.get("hardware")), _budget_key(run), str(run.get("agent")))
+        key: tuple[str, ...] = (
+            str(run.get("model")),
+            str(run.get("mode")),
+            str(run.get("hardware")),
+            _budget_key(run),
+            str(run.get("agent")),
+        )
         groups.setdefault(key, []).append(run)
-    ratio_names = sorted({n for run in runs for n in run.get("ratios", {}) if n in ("macs", "latency", "energy", "size")})
-    headers = ["model", "mode", "hardware", "budget", "agent", "seeds", "search acc", "test acc", "reward",
-               *[f"{n} ratio" for n in ratio_names]]
+    shown = ("macs", "latency", "energy", "size")
+    ratio_names = sorted({n for run in runs for n in run.get("ratios", {}) if n in shown})
+    headers = [
+        "model",
+        "mode",
+        "hardware",
+        "budget",
+        "agent",
+        "seeds",
+        "search acc",
+        "test acc",
+        "reward",
+        *[f"{n} ratio" for n in ratio_names],
+    ]
     rows = []
     for key in sorted(groups):
         members = groups[key]
-        rows.append([
-            *key,
-            len(members),
-            _mean_std([r.get("accuracy") for r in members]),
-            _mean_std([r.get("test_accuracy") for r in members]),
-            _mean_std([r.get("reward") for r in members]),
-            *[_mean_std([r.get("ratios", {}).get(n) for r in members]) for n in ratio_names],
-        ])
+        rows.append(
+            [
+                *key,
+                len(members),
+                _mean_std([r.get("accuracy") for r in members]),
+                _mean_std([r.get("test_accuracy") for r in members]),
+                _mean_std([r.get("reward") for r in members]),
+                *[_mean_std([r.get("ratios", {}).get(n) for r in members]) for n in ratio_names],
+            ]
+        )
     return headers, rows
 
 
@@ -154,6 +174,10 @@ def pareto_front(points: Sequence[tuple[float, float]]) -> list[tuple[float, flo
     return front
 
 
+def _accuracy(run: Mapping[str, Any]) -> float:
+    return float(run["test_accuracy"] if run.get("test_accuracy") is not None else run["accuracy"])
+
+
 def plot_pareto(runs: Sequence[Mapping[str, Any]]) -> Figure:
     """Accuracy (test when available, else search) against the latency and MACs ratios, per agent."""
     metrics = [m for m in ("latency", "macs") if any(m in r.get("ratios", {}) for r in runs)]
@@ -163,13 +187,16 @@ def plot_pareto(runs: Sequence[Mapping[str, Any]]) -> Figure:
     for i, metric in enumerate(metrics):
         ax = fig.add_subplot(1, len(metrics), i + 1)
         for agent in agents:
-            pts = [(float(r["ratios"][metric]), float(r["test_accuracy"] if r.get("test_accuracy") is not None else r["accuracy"]))
-                   for r in runs if str(r.get("agent")) == agent and metric in r.get("ratios", {})]
+            pts = [
+                (float(r["ratios"][metric]), _accuracy(r))
+                for r in runs
+                if str(r.get("agent")) == agent and metric in r.get("ratios", {})
+            ]
             if not pts:
                 continue
-            ax.scatter(*zip(*pts), color=colors[agent], label=agent, alpha=0.75, s=22)
+            ax.scatter([p[0] for p in pts], [p[1] for p in pts], color=colors[agent], label=agent, alpha=0.75, s=22)
             front = pareto_front(pts)
-            ax.plot(*zip(*front), color=colors[agent], alpha=0.6)
+            ax.plot([p[0] for p in front], [p[1] for p in front], color=colors[agent], alpha=0.6)
         ax.set_xlabel(f"{metric} ratio (compressed / dense)")
         ax.set_ylabel("accuracy (test if measured, else search)")
         ax.grid(alpha=0.3)
@@ -191,15 +218,28 @@ def report(root: str | Path, out: str | Path | None = None) -> str:
     table = tabulate(rows, headers=headers, tablefmt="github")
     text = f"# Sweep report: {Path(root)}\n\n{len(runs)} runs; mean ± std over seeds.\n\n{table}\n"
     atomic_write_bytes(out / "report.md", text.encode())
-    fields = ["run_dir", "agent", "seed", "model", "mode", "hardware", "budget", "episode", "accuracy", "test_accuracy",
-              "reward"]
+    fields = [
+        "run_dir",
+        "agent",
+        "seed",
+        "model",
+        "mode",
+        "hardware",
+        "budget",
+        "episode",
+        "accuracy",
+        "test_accuracy",
+        "reward",
+    ]
     ratio_names = sorted({n for r in runs for n in r.get("ratios", {})})
     buf = io.StringIO()
     writer = csv.writer(buf)
     writer.writerow(fields + [f"ratio/{n}" for n in ratio_names])
     for r in runs:
-        writer.writerow([r.get(f) if f != "budget" else _budget_key(r) for f in fields]
-                        + [r.get("ratios", {}).get(n, "") for n in ratio_names])
+        writer.writerow(
+            [r.get(f) if f != "budget" else _budget_key(r) for f in fields]
+            + [r.get("ratios", {}).get(n, "") for n in ratio_names]
+        )
     atomic_write_bytes(out / "report.csv", buf.getvalue().encode())
     save_figure(plot_pareto(runs), out / "pareto.png")
     return text
@@ -209,7 +249,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of ``python -m amc.report``."""
     parser = argparse.ArgumentParser(prog="python -m amc.report", description=__doc__.splitlines()[0])
     parser.add_argument("multirun_dir", help="directory of an `amc.train -m` sweep")
-    parser.add_argument("--out", default=None, help="where report.md, report.csv and pareto.png go (default: multirun_dir)")
+    parser.add_argument(
+        "--out", default=None, help="where report.md, report.csv and pareto.png go (default: multirun_dir)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:

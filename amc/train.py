@@ -90,8 +90,10 @@ def prepare_run_dir(cfg: DictConfig) -> tuple[DictConfig, Path, Path | None]:
     run_dir = Path(str(cfg.resume)).expanduser()
     saved = run_dir / CONFIG_FILE
     if not saved.is_file():
-        raise AmcError(f"resume={run_dir} is not an amc.train run directory (no {CONFIG_FILE}); "
-                       "pass the run directory of the search to continue")
+        raise AmcError(
+            f"resume={run_dir} is not an amc.train run directory (no {CONFIG_FILE}); "
+            "pass the run directory of the search to continue"
+        )
     checkpoint = latest_checkpoint(run_dir)
     resumed = OmegaConf.load(saved)
     assert isinstance(resumed, DictConfig)
@@ -108,8 +110,15 @@ def build_env(cfg: DictConfig, model: Any, data: Any) -> CompressionEnv:
     hardware = instantiate(cfg.hardware) if cfg.get("hardware") is not None else None
     reward = instantiate(cfg.reward)
     budgets = {k: float(v) for k, v in (cfg.budgets or {}).items() if v is not None}
-    return instantiate(cfg.env)(model=model, data=data, hardware=hardware, reward=reward, budgets=budgets,
-                                seed=int(cfg.seed), device=resolve_device(str(cfg.device)))
+    return instantiate(cfg.env)(
+        model=model,
+        data=data,
+        hardware=hardware,
+        reward=reward,
+        budgets=budgets,
+        seed=int(cfg.seed),
+        device=resolve_device(str(cfg.device)),
+    )
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -134,15 +143,19 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     identity = run_identity(cfg, agent)
     dense = {**env.evaluator.dense, "accuracy": env.dense_accuracy}
     best_writer = BestPolicyWriter(run_dir / "best_policy.json", {**identity, "dense": dense})
-    hparams = {**{k: v for k, v in identity.items() if k != "budget_targets"},
-               **{f"budget_{k}": v for k, v in identity["budget_targets"].items()}}
-    callbacks = CallbackList([
-        ProgressBar(bool(cfg.callbacks.progress_bar)),
-        EpisodeLog(run_dir / "episodes.csv"),
-        best_writer,
-        TensorBoardLogger(run_dir / "tb", int(cfg.callbacks.image_every), hparams),
-        Checkpointer(run_dir / "checkpoints", int(cfg.callbacks.checkpoint_every), env),
-    ])
+    hparams = {
+        **{k: v for k, v in identity.items() if k != "budget_targets"},
+        **{f"budget_{k}": v for k, v in identity["budget_targets"].items()},
+    }
+    callbacks = CallbackList(
+        [
+            ProgressBar(bool(cfg.callbacks.progress_bar)),
+            EpisodeLog(run_dir / "episodes.csv"),
+            best_writer,
+            TensorBoardLogger(run_dir / "tb", int(cfg.callbacks.image_every), hparams),
+            Checkpointer(run_dir / "checkpoints", int(cfg.callbacks.checkpoint_every), env),
+        ]
+    )
     result = agent.search(env, episodes, callbacks)
     summary = summarize(cfg, result, env, data, meta, run_dir, best_writer, time.perf_counter() - t_start)
     print(summary["table"])
@@ -150,8 +163,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     return summary
 
 
-def summarize(cfg: DictConfig, result: SearchResult, env: CompressionEnv, data: Any, meta: dict[str, Any],
-              run_dir: Path, best_writer: BestPolicyWriter, seconds: float) -> dict[str, Any]:
+def summarize(
+    cfg: DictConfig,
+    result: SearchResult,
+    env: CompressionEnv,
+    data: Any,
+    meta: dict[str, Any],
+    run_dir: Path,
+    best_writer: BestPolicyWriter,
+    seconds: float,
+) -> dict[str, Any]:
     """Dense baseline vs best policy: the closing table, ``summary.json``, ``best_policy.png``, test accuracy."""
     best = result.best
     if best is None:
@@ -161,30 +182,48 @@ def summarize(cfg: DictConfig, result: SearchResult, env: CompressionEnv, data: 
         policy = Policy.from_dict(best.policy or {}, env.graph)
         compressed = env.compressor.apply(policy).to(env.device)
         test_acc = accuracy(compressed, data.test_loader(), env.device)["top1"]
-        best_writer.write(best, episodes_done=len(result.episodes), test_accuracy=test_acc,
-                          dense_test_accuracy=meta.get("test_top1"))
+        best_writer.write(
+            best, episodes_done=len(result.episodes), test_accuracy=test_acc, dense_test_accuracy=meta.get("test_top1")
+        )
     from amc.report import save_policy_plot
 
-    save_policy_plot(best.policy or {}, run_dir / "best_policy.png", f"best policy ({result.agent}, episode {best.episode})")
+    title = f"best policy ({result.agent}, episode {best.episode})"
+    save_policy_plot(best.policy or {}, run_dir / "best_policy.png", title)
 
     dense = env.evaluator.dense
     rows = [["search accuracy", f"{100 * env.dense_accuracy:.2f}%", f"{100 * best.accuracy:.2f}%", ""]]
     if test_acc is not None and meta.get("test_top1") is not None:
         rows.append(["test accuracy", f"{100 * meta['test_top1']:.2f}%", f"{100 * test_acc:.2f}%", ""])
-    units = {"macs": ("MACs", 1e-6, "M"), "params": ("params", 1e-3, "k"), "size": ("size", 1 / 8 / 1024, "KiB"),
-             "bitops": ("BitOps", 1e-9, "G"), "latency": ("latency", 1e3, "ms"), "energy": ("energy", 1e6, "uJ")}
+    units = {
+        "macs": ("MACs", 1e-6, "M"),
+        "params": ("params", 1e-3, "k"),
+        "size": ("size", 1 / 8 / 1024, "KiB"),
+        "bitops": ("BitOps", 1e-9, "G"),
+        "latency": ("latency", 1e3, "ms"),
+        "energy": ("energy", 1e6, "uJ"),
+    }
     for key, (label, scale, unit) in units.items():
         if key not in dense or key not in best.metrics:
             continue
         target = best.budgets.get(key, {}).get("target")
         note = f"{best.ratios[key]:.3f}" + (f" (budget {target:g})" if target is not None else "")
         rows.append([label, f"{dense[key] * scale:.4g} {unit}", f"{best.metrics[key] * scale:.4g} {unit}", note])
-    table = tabulate(rows, headers=["", "dense", f"best ({result.agent}, ep {best.episode})", "ratio"], tablefmt="github")
+    headers = ["", "dense", f"best ({result.agent}, ep {best.episode})", "ratio"]
+    table = tabulate(rows, headers=headers, tablefmt="github")
     summary = {
-        "agent": result.agent, "episodes": len(result.episodes), "best_episode": best.episode,
-        "best_reward": best.reward, "best_accuracy": best.accuracy, "test_accuracy": test_acc,
-        "dense_accuracy": env.dense_accuracy, "dense_test_accuracy": meta.get("test_top1"),
-        "budgets": best.budgets, "ratios": best.ratios, "seconds": seconds, "run_dir": str(run_dir), "table": table,
+        "agent": result.agent,
+        "episodes": len(result.episodes),
+        "best_episode": best.episode,
+        "best_reward": best.reward,
+        "best_accuracy": best.accuracy,
+        "test_accuracy": test_acc,
+        "dense_accuracy": env.dense_accuracy,
+        "dense_test_accuracy": meta.get("test_top1"),
+        "budgets": best.budgets,
+        "ratios": best.ratios,
+        "seconds": seconds,
+        "run_dir": str(run_dir),
+        "table": table,
     }
     atomic_write_bytes(run_dir / "summary.json", json.dumps(summary, indent=1).encode())
     return summary

@@ -7,8 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from gymnasium import spaces
-
 from amc.agents import (
     ActorCriticLrPolicy,
     DDPGAgent,
@@ -24,8 +22,10 @@ from amc.agents import (
 from amc.agents.base import Agent, actions_for, run_episode
 from amc.agents.baselines import uniform_config
 from amc.agents.callbacks import Checkpointer, latest_checkpoint, restore_rng
-from amc.compress import Compressor, Policy
 from amc.envs import CompressionEnv
+from gymnasium import spaces
+
+from amc.compress import Compressor, Policy
 from amc.errors import AmcError
 from amc.graph import build_graph
 from amc.models import build_model
@@ -41,8 +41,9 @@ def small_env(mode: str = "joint", budgets: dict | None = None, seed: int = 0) -
     gen = torch.Generator().manual_seed(1)
     calib = [torch.randn(16, 1, 28, 28, generator=gen)]
     x, y = torch.randn(64, 1, 28, 28, generator=gen), torch.randint(0, 10, (64,), generator=gen)
-    return CompressionEnv(Compressor(model, graph, calibration=calib), (x, y),
-                          budgets=BUDGETS if budgets is None else budgets, mode=mode)
+    return CompressionEnv(
+        Compressor(model, graph, calibration=calib), (x, y), budgets=BUDGETS if budgets is None else budgets, mode=mode
+    )
 
 
 class Recorder(SearchCallback):
@@ -100,15 +101,22 @@ def test_noise_state_round_trip() -> None:
 
 # --- replay buffer -------------------------------------------------------------------------------
 def make_buffer(size: int = 5, **kwargs) -> EpisodeRewardReplayBuffer:
-    return EpisodeRewardReplayBuffer(size, spaces.Box(0, 1, (2,), np.float32), spaces.Box(-1, 1, (1,), np.float32),
-                                     device="cpu", **kwargs)
+    return EpisodeRewardReplayBuffer(
+        size, spaces.Box(0, 1, (2,), np.float32), spaces.Box(-1, 1, (1,), np.float32), device="cpu", **kwargs
+    )
 
 
 def add_episode(buf: EpisodeRewardReplayBuffer, steps: int, reward: float) -> None:
     for t in range(steps):
         done = t == steps - 1
-        buf.add(np.zeros((1, 2)), np.zeros((1, 2)), np.zeros((1, 1)), np.array([reward if done else 0.0]),
-                np.array([done]), [{}])
+        buf.add(
+            np.zeros((1, 2)),
+            np.zeros((1, 2)),
+            np.zeros((1, 1)),
+            np.array([reward if done else 0.0]),
+            np.array([done]),
+            [{}],
+        )
 
 
 def test_buffer_backfills_episode_reward_even_across_the_wrap() -> None:
@@ -178,7 +186,8 @@ def test_every_agent_searches_within_budget(name: str) -> None:
     episodes = 22 if name == "greedy" else 6
     result = agent.search(env, episodes, rec)
     assert result.agent == name and result.best is not None and result.best.eligible
-    assert 1 <= len(result.episodes) <= episodes and [r.episode for r in rec.records] == list(range(1, len(rec.records) + 1))
+    assert 1 <= len(result.episodes) <= episodes
+    assert [r.episode for r in rec.records] == list(range(1, len(rec.records) + 1))
     assert rec.safe == list(range(1, len(rec.records) + 1))
     for r in rec.records:
         if r.eligible:
@@ -242,4 +251,3 @@ def test_saved_state_continues_like_an_uninterrupted_search(name: str, tmp_path:
     rest = resumed.search(env2, 7).episodes
     strip = [[{k: v for k, v in row.items() if k != "seconds"} for row in rows] for rows in (straight, rest)]
     assert strip[0] == strip[1]
-

@@ -32,9 +32,16 @@ REPO = Path(__file__).resolve().parents[1]
 
 def tiny(root: Path) -> list[str]:
     """Overrides for the tiny data under ``root`` (its own cache)."""
-    return [f"paths.root_dir={root}", f"data.root={root / 'fm'}", "data.search_size=100", "data.batch_size=64",
-            "pretrain.epochs=3", "env.calibration_batches=2", "env.calibration_batch_size=32",
-            "callbacks.progress_bar=false"]
+    return [
+        f"paths.root_dir={root}",
+        f"data.root={root / 'fm'}",
+        "data.search_size=100",
+        "data.batch_size=64",
+        "pretrain.epochs=3",
+        "env.calibration_batches=2",
+        "env.calibration_batch_size=32",
+        "callbacks.progress_bar=false",
+    ]
 
 
 @pytest.fixture(scope="package")
@@ -59,8 +66,14 @@ def cfg_for(tiny_root: Path, tmp_path: Path) -> Callable[..., DictConfig]:
 
 
 def cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=REPO, timeout=timeout,
-                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return subprocess.run(
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=timeout,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
 
 
 AGENT_ARGS = {
@@ -82,7 +95,8 @@ def test_search_writes_every_output(agent: str, cfg_for: Callable[..., DictConfi
     policy = Policy.load(tmp_path / "best_policy.json", graph)
     assert len(policy.kept) == len(graph.groups)
     rows = list(csv.DictReader((tmp_path / "episodes.csv").open()))
-    assert len(rows) == summary["episodes"] and {"reward", "accuracy", "ratio/latency", "ratio/macs", "seconds"} <= set(rows[0])
+    assert len(rows) == summary["episodes"]
+    assert {"reward", "accuracy", "ratio/latency", "ratio/macs", "seconds"} <= set(rows[0])
     assert float(rows[-1]["best_reward"]) == pytest.approx(best["reward"])
     assert (tmp_path / "checkpoints" / "latest.json").is_file() and (tmp_path / "best_policy.png").is_file()
     assert "| latency" in summary["table"] and "dense" in summary["table"]
@@ -96,9 +110,19 @@ def test_tensorboard_has_search_policy_train_and_hparams(cfg_for: Callable[..., 
     events.Reload()
     tags = events.Tags()
     scalars = set(tags["scalars"])
-    assert {"search/reward", "search/accuracy", "search/ratio/latency", "search/ratio/macs", "search/best_reward",
-            "policy/mean_keep", "policy/mean_w_bits", "train/noise_sigma", "train/actor_loss",
-            "train/critic_loss", "hparam/best_reward"} <= scalars
+    assert {
+        "search/reward",
+        "search/accuracy",
+        "search/ratio/latency",
+        "search/ratio/macs",
+        "search/best_reward",
+        "policy/mean_keep",
+        "policy/mean_w_bits",
+        "train/noise_sigma",
+        "train/actor_loss",
+        "train/critic_loss",
+        "hparam/best_reward",
+    } <= scalars
     assert [e.step for e in events.Scalars("search/reward")] == list(range(1, 7))
     assert {"policy/best", "policy/episode"} <= set(tags["images"])
     assert [e.step for e in events.Images("policy/episode")] == [2, 4, 6]
@@ -114,8 +138,12 @@ def test_resume_after_sigkill_ends_with_the_same_best_policy(tiny_root: Path, tm
     done = cli(*_run_args(tiny_root, f"hydra.run.dir={straight}"))
     assert done.returncode == 0, done.stderr[-2000:]
 
-    proc = subprocess.Popen([sys.executable, *_run_args(tiny_root, f"hydra.run.dir={killed}")], cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, *_run_args(tiny_root, f"hydra.run.dir={killed}")],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     latest, deadline = killed / "checkpoints" / "latest.json", time.time() + 120
     while proc.poll() is None and time.time() < deadline:
         if latest.exists() and json.loads(latest.read_text())["episode"] >= 4:
@@ -133,15 +161,25 @@ def test_resume_after_sigkill_ends_with_the_same_best_policy(tiny_root: Path, tm
     a, b = (json.loads((d / "best_policy.json").read_text()) for d in (killed, straight))
     assert a["policy"] == b["policy"] and a["episode"] == b["episode"] and a["reward"] == b["reward"]
     assert a["config_hash"] == b["config_hash"]
-    rows = [[{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader((d / "episodes.csv").open())]
-            for d in (killed, straight)]
+    rows = [
+        [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader((d / "episodes.csv").open())]
+        for d in (killed, straight)
+    ]
     assert rows[0] == rows[1] and len(rows[0]) == 14
 
 
 def test_joblib_multirun_and_report(tiny_root: Path, tmp_path: Path) -> None:
     sweep = tmp_path / "sweep"
-    run = cli("-m", "amc.train", "-m", *tiny(tiny_root), "agent=random,uniform", "episodes=3",
-              f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=job${hydra.job.num}")
+    run = cli(
+        "-m",
+        "amc.train",
+        "-m",
+        *tiny(tiny_root),
+        "agent=random,uniform",
+        "episodes=3",
+        f"hydra.sweep.dir={sweep}",
+        "hydra.sweep.subdir=job${hydra.job.num}",
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     assert "Joblib.Parallel(n_jobs=2" in run.stdout + run.stderr
     assert sorted(p.parent.name for p in sweep.glob("*/best_policy.json")) == ["job0", "job1"]
@@ -155,7 +193,8 @@ def test_joblib_multirun_and_report(tiny_root: Path, tmp_path: Path) -> None:
 def test_bad_overrides_fail_with_one_line(cfg_for: Callable[..., DictConfig], tiny_root: Path, tmp_path: Path) -> None:
     zero = cli(*_run_args(tiny_root, "episodes=0", f"hydra.run.dir={tmp_path / 'zero'}"))
     assert zero.returncode == 2 and zero.stderr.strip().splitlines()[-1] == (
-        "error: episodes=0 must be positive; set episodes=N with N >= 1")
+        "error: episodes=0 must be positive; set episodes=N with N >= 1"
+    )
     unknown = cli(*_run_args(tiny_root, "agent=sarsa", f"hydra.run.dir={tmp_path / 'unknown'}"))
     assert unknown.returncode != 0 and "sarsa" in unknown.stderr
     with pytest.raises(AmcError, match="agent.warmup=5 must be smaller than episodes=5"):
@@ -164,3 +203,26 @@ def test_bad_overrides_fail_with_one_line(cfg_for: Callable[..., DictConfig], ti
         train(cfg_for("budgets.latency=0.01", "agent=random", "episodes=2"))
     with pytest.raises(AmcError, match="has no checkpoint"):
         train(cfg_for(f"resume={tmp_path / 'zero'}"))
+
+
+def test_submitit_launchers(tiny_root: Path, tmp_path: Path) -> None:
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    with initialize_config_module(config_module="amc.conf", version_base="1.3"):
+        slurm = compose(
+            "train", overrides=["hydra/launcher=slurm", "hydra.launcher.partition=gpu"], return_hydra_config=True
+        )
+    assert slurm.hydra.launcher._target_.endswith("SlurmLauncher") and slurm.hydra.launcher.partition == "gpu"
+    sweep = tmp_path / "sweep"
+    run = cli(
+        "-m",
+        "amc.train",
+        "-m",
+        *tiny(tiny_root),
+        "hydra/launcher=submitit_local_run",
+        "agent=random,uniform",
+        "episodes=2",
+        f"hydra.sweep.dir={sweep}",
+        "hydra.sweep.subdir=job${hydra.job.num}",
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert sorted(p.parent.name for p in sweep.glob("*/best_policy.json")) == ["job0", "job1"]
