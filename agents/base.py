@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -23,7 +22,6 @@ from amc.envs.budget import METRICS
 
 from amc.compress import Policy
 from amc.errors import AmcError
-from amc.evaluate import accuracy, tensor_batches
 from amc.utils import atomic_write_bytes
 
 
@@ -374,7 +372,7 @@ def evaluate_config(
 ) -> dict[str, Any]:
     """Compress and evaluate a configuration *outside* the budget wall (sensitivity scans).
 
-    Returns an info dict shaped like the environment's end-of-episode info.
+    Returns the environment's end-of-episode info for it (:meth:`CompressionEnv.evaluate`).
 
     Args:
         env: the environment (its compressor, search split, cost evaluator and reward).
@@ -382,18 +380,5 @@ def evaluate_config(
         w_bits: weight bits per unit.
         a_bits: activation bits per unit.
     """
-    t0 = time.perf_counter()
     policy = Policy([int(k) for k in kept], [int(b) for b in w_bits], [int(b) for b in a_bits])
-    model = env.compressor.apply(policy).to(env.device)
-    acc = accuracy(model, tensor_batches(env.search_x, env.search_y, env.eval_batch_size), env.device)["top1"]
-    info: dict[str, Any] = {"accuracy": acc, "dense_accuracy": env.dense_accuracy}
-    for name, value in env.evaluator.metrics(kept, w_bits, a_bits).items():
-        info[name] = value
-        info[f"ratio/{name}"] = value / env.evaluator.dense[name]
-    for name, target in env.wall.budgets.items():
-        info[f"target/{name}"] = target
-    info["budgets"] = {n: {"target": env.wall.budgets[n], "achieved": info[f"ratio/{n}"]} for n in env.wall.names}
-    info["reward"] = float(env.reward_fn(info)) if math.isfinite(acc) else 0.0
-    info["policy"] = policy.to_dict(env.graph)
-    info["timing"] = {"total": time.perf_counter() - t0}
-    return info
+    return env.evaluate(policy)

@@ -265,13 +265,24 @@ class CompressionEnv(gym.Env):
         return res["top1"]
 
     def _finish(self) -> dict[str, Any]:
-        timing: dict[str, float] = {"wall_and_features": self._wall_seconds}
-        policy = self.policy()
+        return self.evaluate(self.policy(), {"wall_and_features": self._wall_seconds})
+
+    def evaluate(self, policy: Policy, timing: dict[str, float] | None = None) -> dict[str, Any]:
+        """Compress, evaluate and reward ``policy``: the end-of-episode ``info``.
+
+        The budget wall is not consulted, so baselines can also score configurations outside it
+        (sensitivity scans); ``info["budgets"]`` still reports each target and achieved ratio.
+
+        Args:
+            policy: the configuration.
+            timing: seconds per phase are added to it (and returned as ``info["timing"]``).
+        """
+        timing = timing if timing is not None else {}
         model = self.compressor.apply(policy, timing)
         t = time.perf_counter()
         acc = self._evaluate(model)
         timing["evaluation"] = time.perf_counter() - t
-        metrics = self.evaluator.metrics(self.kept, self.w, self.a)
+        metrics = self.evaluator.metrics(policy.kept, policy.w_bits, policy.a_bits)
         info: dict[str, Any] = {"accuracy": acc, "dense_accuracy": self.dense_accuracy}
         for name, value in metrics.items():
             info[name] = value
