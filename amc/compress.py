@@ -22,7 +22,7 @@ from amc.errors import AmcError
 from amc.graph import ModelGraph
 from amc.pruning import keep_indices, prune_model
 from amc.quantize import quantize_model, quantize_weight
-from amc.selection import channel_scores
+from amc.selection import capture_unit_inputs, channel_scores
 
 
 @dataclass
@@ -262,21 +262,7 @@ class Compressor:
     def _capture_features(self) -> dict[int, _Features]:
         units = self._reconstructable()
         modules = dict(self.model.named_modules())
-        captured: dict[int, list[torch.Tensor]] = {u: [] for u in units}
-        handles = []
-        for ui in units:
-
-            def hook(_m: nn.Module, inputs: tuple, ui: int = ui) -> None:
-                captured[ui].append(inputs[0].detach())
-
-            handles.append(modules[self.graph.units[ui].name].register_forward_pre_hook(hook))
-        try:
-            with torch.no_grad():
-                for x in self.calibration:
-                    self.model(x)
-        finally:
-            for h in handles:
-                h.remove()
+        captured = capture_unit_inputs(self.model, self.graph, units, self.calibration)
         gen = torch.Generator().manual_seed(self.seed)
         feats = {}
         for ui in units:

@@ -15,7 +15,7 @@ calibration batches), so an episode only sorts them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 from torch import nn
@@ -72,9 +72,17 @@ def bn_scores(model: nn.Module, graph: ModelGraph) -> list[torch.Tensor]:
     return scores
 
 
-def _consumer_inputs(
-    model: nn.Module, graph: ModelGraph, units: set[int], batches: Sequence[torch.Tensor]
+def capture_unit_inputs(
+    model: nn.Module, graph: ModelGraph, units: Iterable[int], batches: Sequence[torch.Tensor]
 ) -> dict[int, list[torch.Tensor]]:
+    """The inputs each listed unit receives while ``model`` (in eval mode) runs ``batches``.
+
+    Args:
+        model: the model (its hooks are removed again, even on error).
+        graph: its graph.
+        units: indices of the units to watch.
+        batches: input batches.
+    """
     modules = dict(model.named_modules())
     captured: dict[int, list[torch.Tensor]] = {u: [] for u in units}
     handles = []
@@ -119,7 +127,7 @@ def thinet_scores(
         for ui in g.consumers
         if not graph.units[ui].depthwise and graph.units[ui].groups == 1
     }
-    inputs = _consumer_inputs(model, graph, consumers, batches)
+    inputs = capture_unit_inputs(model, graph, consumers, batches)
     modules = dict(model.named_modules())
     gen = torch.Generator().manual_seed(seed)
     scores = []
