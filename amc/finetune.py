@@ -41,6 +41,7 @@ from amc.cli import run_cli
 from amc.compress import Compressor, Policy
 from amc.cost import FP32, CostModel
 from amc.data import DataModule
+from amc.envs.budget import CostEvaluator
 from amc.errors import AmcError
 from amc.evaluate import accuracy
 from amc.export import (
@@ -286,12 +287,36 @@ def train(
     return history
 
 
-def resolve_policy(cfg: DictConfig) -> tuple[Path, DictConfig]:
-    """The policy file and the config to take model/data/compressor options from.
+SEARCH_CONFIGS = ("config.yaml", ".hydra/config.yaml")  # amc.train's resolved copy first, then Hydra's
 
-    ``policy`` may be a search run directory (``best_policy.json`` inside) or a JSON file; a
-    ``.hydra/config.yaml`` beside the policy is the search's config and wins for ``model``, ``data``,
-    ``pretrain``, ``seed`` and the compressor options (so the start equals what the reward saw).
+
+def search_config(policy_path: Path) -> DictConfig | None:
+    """The config of the ``amc.train`` run that wrote ``policy_path`` (``None`` when there is none beside it).
+
+    Args:
+        policy_path: a ``best_policy.json``.
+    """
+    for name in SEARCH_CONFIGS:
+        path = policy_path.parent / name
+        if not path.is_file():
+            continue
+        try:
+            loaded = OmegaConf.load(path)
+        except Exception as exc:  # noqa: BLE001 -- any YAML/OmegaConf failure means the file is unusable
+            raise AmcError(f"search config {path} is unreadable ({type(exc).__name__}); restore or delete it") from exc
+        if isinstance(loaded, DictConfig) and "env" in loaded and "agent" in loaded and "model" in loaded:
+            log.info("model/data/compressor options from the search config %s", path)
+            return loaded
+    return None
+
+
+def resolve_policy(cfg: DictConfig) -> tuple[Path, DictConfig, DictConfig | None]:
+    """The policy file, the config to take model/data/compressor options from, and the search's config.
+
+    ``policy`` may be a search run directory (``best_policy.json`` inside) or a JSON file; the search
+    config beside the policy (``config.yaml`` that ``amc.train`` writes, else ``.hydra/config.yaml``)
+    wins for ``model``, ``data``, ``pretrain``, ``seed`` and the compressor options, so the start
+    equals what the reward saw.
 
     Args:
         cfg: the composed ``finetune`` config.
@@ -303,11 +328,10 @@ def resolve_policy(cfg: DictConfig) -> tuple[Path, DictConfig]:
         path = path / "best_policy.json"
     if not path.is_file():
         raise AmcError(f"policy {path} does not exist; point policy= to a search run dir or a best_policy.json")
-    search_cfg_path = path.parent / ".hydra" / "config.yaml"
-    if not search_cfg_path.is_file():
+    search = search_config(path)
+    if search is None:
         log.info("no search config beside %s: model/data/compressor options come from this config", path)
-        return path, cfg
-    search = OmegaConf.load(search_cfg_path)
+        return path, cfg, None
     merged = copy.deepcopy(cfg)
     OmegaConf.set_struct(merged, False)
     for key in ("model", "data", "pretrain"):
@@ -321,8 +345,7 @@ def resolve_policy(cfg: DictConfig) -> tuple[Path, DictConfig]:
             if key in node:
                 merged.compress[key] = node[key]
                 break
-    log.info("model/data/compressor options from the search config %s", search_cfg_path)
-    return path, merged
+    return path, merged, search
 
 
 def _sim(hw: HardwareModel | None, cost_model: CostModel, kept: list[int], w: list[int], a: list[int]) -> dict:
@@ -342,7 +365,9 @@ def finetune(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, An
     """
     out = Path(out_dir if out_dir is not None else (cfg.get("resume") or HydraConfig.get().runtime.output_dir))
     out.mkdir(parents=True, exist_ok=True)
-    policy_path, cfg = resolve_policy(cfg)
+    policy_path, cfg, search = resolve_policy(cfg)
+    if int(cfg.get("rounds", 1)) != 1:
+        return iterate(cfg, out, search)
     device = resolve_device(cfg.device)
     seed = int(cfg.seed)
     recipe = Recipe.from_cfg(cfg)
@@ -409,6 +434,203 @@ def finetune(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, An
     atomic_write_bytes(out / "report.json", json.dumps(report, indent=2).encode())
     print_report(report)
     return report
+
+
+def _evaluator(graph: ModelGraph, accelerator: Any | None) -> CostEvaluator:
+    hw = HardwareModel(accelerator, graph.units) if accelerator is not None else None
+    return CostEvaluator(CostModel(graph), hw)
+
+
+def round_budgets(
+    targets: dict[str, float], r: int, rounds: int, original: dict[str, float], current: dict[str, float]
+) -> dict[str, float]:
+    """Budgets of round ``r`` (1-based) of ``rounds``, as ratios of the current (already compressed) model.
+
+    Round ``r`` brings each metric to ``target ** (r / rounds)`` of the original model (a geometric
+    schedule that ends at the final target), expressed relative to the current model's float32 cost.
+
+    Args:
+        targets: final budget ratio per metric (of the original model).
+        r: the round.
+        rounds: how many rounds.
+        original: the original model's float32 metrics.
+        current: the current model's float32 metrics.
+    """
+    return {k: min(1.0, t ** (r / rounds) * original[k] / current[k]) for k, t in targets.items()}
+
+
+def iterate(cfg: DictConfig, out: Path, search_cfg: DictConfig | None) -> dict[str, Any]:
+    """``rounds=R``: search -> fine-tune -> search again on the fine-tuned model, R times.
+
+    The search run that ``policy=`` points to defines each round's search (agent, env, reward, hardware,
+    episodes; ``round_episodes`` overrides the episodes); its budgets are the final targets, reached
+    geometrically (:func:`round_budgets`). Pruning composes across rounds; bits are searched afresh in
+    every round on the fine-tuned weights. Each round writes ``round<r>/`` (the search's outputs, the
+    fine-tuning state and ``compressed.pt`` relative to the original architecture); an interrupted run
+    continues from the last finished round, mid-search checkpoint or fine-tuning epoch when restarted
+    with the same run directory.
+
+    Args:
+        cfg: the finetune config, merged with the search's model/data/compressor options.
+        out: the run directory.
+        search_cfg: the search's config (``None``: not a search run, refused).
+    """
+    from amc.agents.callbacks import latest_checkpoint
+    from amc.train import search
+
+    rounds = int(cfg.rounds)
+    if rounds < 1:
+        raise AmcError(f"rounds={rounds} must be at least 1")
+    if search_cfg is None:
+        raise AmcError(
+            "rounds>1 repeats a search, so policy= must be an amc.train run dir (its config.yaml names the agent "
+            "and budgets); pass the run directory, not a bare policy JSON"
+        )
+    targets = {str(k): float(v) for k, v in (search_cfg.get("budgets") or {}).items() if v is not None}
+    if not targets:
+        raise AmcError("rounds>1 needs a budget in the search's config; search with budgets.<metric>=<ratio> first")
+    device = resolve_device(cfg.device)
+    seed = int(cfg.seed)
+    recipe = Recipe.from_cfg(cfg)
+    data = instantiate(cfg.data, batch_size=int(cfg.batch_size))
+    dense, base_meta = load_or_pretrain(cfg, data)
+    dense.to(device).eval()
+    graph0 = build_graph(dense, data.input_shape)
+    accelerator = instantiate(search_cfg.hardware) if search_cfg.get("hardware") is not None else None
+    original = _evaluator(graph0, accelerator).dense
+    topk = (1, 5) if data.num_classes > 5 else (1,)
+    acc_dense = accuracy(dense, data.test_loader(), device, topk)
+    episodes = int(cfg.round_episodes) if cfg.get("round_episodes") else int(search_cfg.episodes)
+
+    model: nn.Module = copy.deepcopy(dense)
+    log_rows: list[dict[str, Any]] = []
+    for r in range(1, rounds + 1):
+        rdir = out / f"round{r}"
+        done = rdir / "compressed.pt"
+        if done.is_file() and (rdir / "round.json").is_file():
+            model, _ = load_compressed(done, activation_quant=False)
+            log_rows.append(json.loads((rdir / "round.json").read_text()))
+            log.info("round %d/%d already finished (%s)", r, rounds, done)
+            continue
+        rdir.mkdir(parents=True, exist_ok=True)
+        graph = build_graph(model.to(device).eval(), data.input_shape)
+        if [u.name for u in graph.units] != [u.name for u in graph0.units] or len(graph.groups) != len(graph0.groups):
+            raise AmcError(f"round {r}: the pruned model's layers no longer match the original; report this as a bug")
+        budgets = round_budgets(targets, r, rounds, original, _evaluator(graph, accelerator).dense)
+        rcfg = copy.deepcopy(search_cfg)
+        OmegaConf.set_struct(rcfg, False)
+        rcfg.budgets = {k: budgets.get(str(k)) for k in (search_cfg.budgets or {})}
+        rcfg.episodes, rcfg.seed, rcfg.device, rcfg.output_dir = episodes, seed + r - 1, str(cfg.device), str(rdir)
+        OmegaConf.save(rcfg, rdir / "config.yaml")
+        checkpoint = latest_checkpoint(rdir) if (rdir / "checkpoints" / "latest.json").is_file() else None
+        prev_test = acc_dense["top1"] if not log_rows else log_rows[-1]["test_after"]
+        log.info("round %d/%d: budgets %s of the current model", r, rounds, budgets)
+        summary, env = search(rcfg, model, data, {"test_top1": prev_test}, rdir, checkpoint)
+        policy = Policy.load(rdir / "best_policy.json", env.graph)
+        compressed = env.compressor.apply(policy)
+        test_before = accuracy(compressed, data.test_loader(), device, topk)["top1"]
+        history: list[dict[str, float]] = []
+        if recipe.epochs > 0:
+            prepare_qat(compressed, env.graph, policy.w_bits, bool(cfg.compress.symmetric))
+            fingerprint = config_hash(policy.to_dict(env.graph), recipe.__dict__, seed, r)
+            history = train(
+                compressed,
+                data,
+                recipe,
+                rdir / STATE_FILE,
+                device,
+                seed + r - 1,
+                teacher=dense if recipe.kd else None,
+                calibration=env.compressor.calibration,
+                fingerprint=fingerprint,
+            )
+            strip_qat(compressed)
+        test_after = accuracy(compressed, data.test_loader(), device, topk)["top1"]
+        prev_keep = payload_keep(model, graph, graph0, rdir)
+        keep = [p[k.to(p.device)] for p, k in zip(prev_keep, env.compressor.keep(policy))]
+        total = Policy([len(k) for k in keep], list(policy.w_bits), list(policy.a_bits))
+        ratios = {
+            k: v / original[k]
+            for k, v in _evaluator(graph0, accelerator)
+            .metrics(total.kept, total.w_bits, total.a_bits, tuple(targets))
+            .items()
+        }
+        row = {
+            "round": r,
+            "budgets_of_current": budgets,
+            "ratios_of_original": ratios,
+            "search_accuracy": summary["best_accuracy"],
+            "test_before": test_before,
+            "test_after": test_after,
+            "episodes": summary["episodes"],
+            "history": history,
+        }
+        compressed.cpu().eval()
+        save_compressed(
+            done,
+            compressed,
+            arch_spec(cfg.model),
+            data.input_shape,
+            keep,
+            total.to_dict(graph0),
+            {"baseline": base_meta.get("path"), "seed": seed, "round": r, "rounds": rounds},
+        )
+        atomic_write_bytes(rdir / "round.json", json.dumps(row, indent=1).encode())
+        log_rows.append(row)
+        log.info(
+            "round %d/%d: test %.4f before, %.4f after fine-tuning; %s", r, rounds, test_before, test_after, ratios
+        )
+        model, _ = load_compressed(done, activation_quant=False)
+
+    final, payload = load_compressed(out / f"round{rounds}" / "compressed.pt")
+    keep = [torch.as_tensor(k, dtype=torch.int64) for k in payload["keep"]]
+    policy = Policy.from_dict(payload["policy"], graph0)
+    report = export(cfg, out, final, dense, graph0, policy, keep, data, payload["policy"], base_meta)
+    report.update(
+        {
+            "policy_file": None,
+            "search_run": str(Path(str(cfg.policy)).expanduser()),
+            "rounds": log_rows,
+            "recipe": recipe.__dict__,
+            "compress": OmegaConf.to_container(cfg.compress, resolve=True),
+            "history": [h for row in log_rows for h in row["history"]],
+        }
+    )
+    report["accuracy"] = {
+        "dense": acc_dense,
+        "before_finetune": {"top1": log_rows[-1]["test_before"]},
+        "after_finetune": accuracy(final, data.test_loader(), torch.device("cpu"), topk),
+    }
+    atomic_write_bytes(out / "report.json", json.dumps(report, indent=2).encode())
+    print(
+        tabulate(
+            [
+                [
+                    row["round"],
+                    *(f"{row['ratios_of_original'][k]:.3f}" for k in targets),
+                    f"{100 * row['search_accuracy']:.2f}",
+                    f"{100 * row['test_before']:.2f}",
+                    f"{100 * row['test_after']:.2f}",
+                ]
+                for row in log_rows
+            ],
+            headers=["round", *targets, "search acc (%)", "test before ft (%)", "test after ft (%)"],
+            tablefmt="github",
+        )
+    )
+    print_report(report)
+    return report
+
+
+def payload_keep(model: nn.Module, graph: ModelGraph, graph0: ModelGraph, rdir: Path) -> list[torch.Tensor]:
+    """Kept channel indices of the original model's groups that ``model`` (the previous round's result) holds."""
+    prev = rdir.parent / f"round{int(rdir.name[5:]) - 1}" / "compressed.pt"
+    if not prev.is_file():
+        return [torch.arange(c) for c in graph0.full_channels()]
+    keep = [torch.as_tensor(k, dtype=torch.int64) for k in load_file(prev)["keep"]]
+    if [len(k) for k in keep] != [int(c) for c in graph.full_channels()]:
+        raise AmcError(f"{prev} does not describe the model of round {rdir.name}; delete {rdir.parent} to start over")
+    return keep
 
 
 def export(

@@ -129,12 +129,43 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """
     t_start = time.perf_counter()
     cfg, run_dir, checkpoint = prepare_run_dir(cfg)
-    episodes = int(cfg.episodes)
-    agent: Agent = instantiate(cfg.agent)
-    agent.validate(episodes)  # bad settings fail before any data is read
-
+    instantiate(cfg.agent).validate(int(cfg.episodes))  # bad settings fail before any data is read
     data = instantiate(cfg.data)
     model, meta = load_or_pretrain(cfg, data)
+    summary, _ = search(cfg, model, data, meta, run_dir, checkpoint, t_start)
+    print(summary["table"])
+    print(f"outputs: {run_dir}")
+    return summary
+
+
+def search(
+    cfg: DictConfig,
+    model: Any,
+    data: Any,
+    meta: dict[str, Any],
+    run_dir: Path,
+    checkpoint: Path | None = None,
+    t_start: float | None = None,
+) -> tuple[dict[str, Any], CompressionEnv]:
+    """Search ``model`` with the config's agent, env, reward, hardware and budgets; outputs go to ``run_dir``.
+
+    The part of :func:`train` after the baseline is loaded (the iterative rounds of ``amc.finetune``
+    call it on each round's fine-tuned model). Returns the summary and the environment (whose
+    compressor turns the best policy into the compressed model).
+
+    Args:
+        cfg: a ``train`` config.
+        model: the trained model to compress.
+        data: its data module.
+        meta: the model's metadata (``test_top1`` is the reference test accuracy of the summary).
+        run_dir: where episodes, checkpoints, TensorBoard and the best policy go.
+        checkpoint: a checkpoint directory to continue from.
+        t_start: when the run started (for the summary's seconds).
+    """
+    t_start = time.perf_counter() if t_start is None else t_start
+    episodes = int(cfg.episodes)
+    agent: Agent = instantiate(cfg.agent)
+    agent.validate(episodes)
     env = build_env(cfg, model, data)
     if checkpoint is not None:
         agent.load(checkpoint, env, episodes)
@@ -158,9 +189,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
     result = agent.search(env, episodes, callbacks)
     summary = summarize(cfg, result, env, data, meta, run_dir, best_writer, time.perf_counter() - t_start)
-    print(summary["table"])
-    print(f"outputs: {run_dir}")
-    return summary
+    return summary, env
 
 
 def summarize(

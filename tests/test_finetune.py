@@ -20,6 +20,7 @@ from torch import nn
 
 from amc.compress import Compressor, Policy
 from amc.cost import FP32, CostModel
+from amc.errors import AmcError
 from amc.export import load_compressed, measure_cost
 from amc.finetune import WeightFakeQuant, finetune, kd_loss, prepare_qat, strip_qat
 from amc.graph import build_graph
@@ -199,3 +200,76 @@ def test_policy_of_another_model_is_one_line_error(setup: dict, tmp_path: Path) 
     assert res.returncode == 2, res.stderr[-2000:]
     lines = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
     assert len(lines) == 1 and "another model" in lines[0], res.stderr[-2000:]
+
+
+@pytest.fixture(scope="module")
+def search_run(setup: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real ``amc.train`` run on the same tiny data, with non-default compressor options."""
+    from amc.train import train
+
+    run_dir = tmp_path_factory.mktemp("search")
+    root = setup["root"]
+    with initialize_config_module(config_module="amc.conf", version_base="1.3"):
+        cfg = compose(
+            "train",
+            overrides=[
+                f"paths.root_dir={root}",
+                f"data.root={root / 'fm'}",
+                "data.search_size=100",
+                "data.batch_size=64",
+                "data.eval_batch_size=200",
+                "pretrain.epochs=1",
+                "env=prune",
+                "env.selection=l2",
+                "env.reconstruction=true",
+                "env.calibration_batches=2",
+                "env.calibration_batch_size=32",
+                "agent=random",
+                "episodes=3",
+                "budgets.latency=null",
+                "budgets.macs=0.5",
+                "callbacks.progress_bar=false",
+                f"output_dir={run_dir}",
+            ],
+        )
+    train(cfg)
+    return run_dir
+
+
+def test_finetune_of_a_search_run_starts_from_what_the_search_saw(
+    setup: dict, search_run: Path, tmp_path: Path
+) -> None:
+    cfg = compose_cfg(setup["root"], search_run, "epochs=0", "export.onnx=false")
+    report = finetune(cfg, out_dir=tmp_path)
+    best = json.loads((search_run / "best_policy.json").read_text())
+    # The search's compressor options (l2 selection, reconstruction), not finetune.yaml's defaults, were used.
+    assert report["compress"]["selection"] == "l2" and report["compress"]["reconstruction"] is True
+    assert report["accuracy"]["before_finetune"]["top1"] == pytest.approx(best["test_accuracy"], abs=1e-9)
+    assert report["compressed"]["macs"] <= 0.5 * report["dense"]["macs"]
+
+
+def test_rounds_reach_the_target_iteratively_and_resume(setup: dict, search_run: Path, tmp_path: Path) -> None:
+    args = ("rounds=2", "round_episodes=2", "epochs=1", "export.onnx=false")
+    report = finetune(compose_cfg(setup["root"], search_run, *args), out_dir=tmp_path)
+    rounds = report["rounds"]
+    assert [r["round"] for r in rounds] == [1, 2]
+    # Round 1 aims at 0.5 ** 0.5 of the original MACs, round 2 at 0.5, each relative to its own start.
+    assert rounds[0]["budgets_of_current"]["macs"] == pytest.approx(0.5**0.5)
+    r1 = rounds[0]["ratios_of_original"]["macs"]
+    assert r1 <= 0.5**0.5 + 1e-9
+    assert rounds[1]["budgets_of_current"]["macs"] == pytest.approx(min(1.0, 0.5 / r1), rel=1e-6)
+    assert rounds[1]["ratios_of_original"]["macs"] <= 0.5 + 1e-9
+    assert report["compressed"]["macs"] == pytest.approx(
+        rounds[1]["ratios_of_original"]["macs"] * report["dense"]["macs"]
+    )
+    first = torch.load(tmp_path / "compressed.pt", weights_only=True)["state_dict"]
+    # Restarting in the same directory finds both rounds finished and exports the same model.
+    again = finetune(compose_cfg(setup["root"], search_run, *args), out_dir=tmp_path)
+    assert again["rounds"] == rounds
+    second = torch.load(tmp_path / "compressed.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_rounds_need_a_search_run(setup: dict, tmp_path: Path) -> None:
+    with pytest.raises(AmcError, match="amc.train run dir"):
+        finetune(compose_cfg(setup["root"], setup["policy_path"], "rounds=2"), out_dir=tmp_path)
