@@ -44,11 +44,15 @@ def bit_levels(min_bits: int, max_bits: int, allow_fp32: bool = False) -> list[i
 
     Args:
         min_bits: fewest bits.
-        max_bits: most bits (<= 16).
+        max_bits: most bits (<= 16); ``min_bits == max_bits == 32`` keeps the operand float.
         allow_fp32: append ``FP32`` (unquantized) as the top level.
     """
+    if min_bits == max_bits == FP32:
+        return [FP32]  # this operand stays float (e.g. HAQ's weight-only setting: a_bits=[32, 32])
     if not 1 <= min_bits <= max_bits <= 16:
-        raise AmcError(f"bit range {min_bits}..{max_bits} is invalid; use 1 <= min_bits <= max_bits <= 16")
+        raise AmcError(
+            f"bit range {min_bits}..{max_bits} is invalid; use 1 <= min_bits <= max_bits <= 16 (or [32, 32]: float)"
+        )
     return list(range(min_bits, max_bits + 1)) + ([FP32] if allow_fp32 else [])
 
 

@@ -172,6 +172,15 @@ def test_fp32_is_an_explicit_top_level() -> None:
     assert set(env.w.tolist()) == {FP32} and set(env.a.tolist()) == {FP32}
 
 
+def test_weight_only_quantization_keeps_activations_float() -> None:
+    assert bit_levels(FP32, FP32) == [FP32]
+    env = make_small_env("quantize", {"size": 0.3}, a_bits=(FP32, FP32))
+    env.reset()
+    for _ in range(env.n_units):
+        env.decide(-np.ones(2))
+    assert set(env.a.tolist()) == {FP32} and max(env.w.tolist()) < FP32
+
+
 # --- what compression does ---------------------------------------------------------------------
 class TwoLayer(nn.Module):
     def __init__(self) -> None:

@@ -34,12 +34,14 @@ SMALL_MODELS: list[tuple[str, dict, tuple[int, int, int]]] = [
     ("mobilenet_v2", {"variant": "cifar"}, (3, 32, 32)),
     ("mobilenet_v2", {"variant": "cifar", "width_mult": 0.5}, (3, 32, 32)),
     ("vgg16", {"variant": "cifar"}, (3, 32, 32)),
+    ("resnet50", {"in_channels": 1}, (1, 28, 28)),
 ]
 IMAGENET_MODELS: list[tuple[str, dict]] = [
     ("mobilenet_v1", {}),
     ("mobilenet_v2", {}),
     ("vgg16", {}),
     ("vgg16", {"batch_norm": True}),
+    ("resnet50", {}),
 ]
 
 
@@ -135,7 +137,7 @@ def test_imagenet_models_produce_logits(name: str, kwargs: dict) -> None:
 
 def test_every_registry_model_is_covered() -> None:
     assert {case[0] for case in SMALL_MODELS} == set(MODELS)
-    assert {case[0] for case in IMAGENET_MODELS} == {"mobilenet_v1", "mobilenet_v2", "vgg16"}
+    assert {case[0] for case in IMAGENET_MODELS} == {"mobilenet_v1", "mobilenet_v2", "vgg16", "resnet50"}
 
 
 def test_unknown_model_error_lists_the_choices() -> None:
@@ -192,6 +194,13 @@ def test_resnet20_and_plain20_sizes() -> None:
     assert 40e6 <= count_macs(resnet, (3, 32, 32)) <= 42e6
     assert count_params(build_model("resnet32")) == pytest.approx(0.46e6, rel=0.03)
     assert count_params(build_model("resnet56")) == pytest.approx(0.85e6, rel=0.03)
+
+
+def test_resnet50_matches_the_reference_size() -> None:
+    # 25,557,032 parameters and 4.09 G MACs at 224x224: the published ResNet-50 (v1.5) numbers.
+    model = build_model("resnet50")
+    assert count_params(build_model("resnet50", num_classes=1000)) == 25_557_032
+    assert count_macs(model, (3, 224, 224)) == pytest.approx(4.09e9, rel=0.01)
 
 
 def _conv_groups(model: nn.Module, shape: tuple[int, ...]) -> list[set[str]]:

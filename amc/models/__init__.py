@@ -16,6 +16,7 @@ from amc.errors import AmcError
 from amc.models.layers import make_divisible
 from amc.models.mobilenet import mobilenet_v1, mobilenet_v2
 from amc.models.resnet_cifar import cifar_resnet, plain20, resnet20, resnet32, resnet56
+from amc.models.resnet_imagenet import resnet50
 from amc.models.small import fmnist_cnn
 from amc.models.vgg import vgg16
 
@@ -25,6 +26,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "resnet20": resnet20,
     "resnet32": resnet32,
     "resnet56": resnet56,
+    "resnet50": resnet50,
     "mobilenet_v1": mobilenet_v1,
     "mobilenet_v2": mobilenet_v2,
     "vgg16": vgg16,
@@ -58,6 +60,7 @@ __all__ = [
     "fmnist_cnn",
     "make_divisible",
     "mobilenet_v1",
+    "resnet50",
     "mobilenet_v2",
     "plain20",
     "resnet20",

@@ -176,9 +176,7 @@ class MobileNetV2(nn.Module):
         channels = make_divisible(32 * width_mult)
         # The paper keeps the 1280-channel head at full width for multipliers below 1.
         last_channels = make_divisible(1280 * max(1.0, width_mult))
-        layers: list[nn.Module] = [
-            ConvBNAct(in_channels, channels, 3, stride=1 if cifar else 2, activation="relu6")
-        ]
+        layers: list[nn.Module] = [ConvBNAct(in_channels, channels, 3, stride=1 if cifar else 2, activation="relu6")]
         for t, c, n, s in _V2_STAGES:
             out = make_divisible(c * width_mult)
             if cifar and c == 24:

@@ -42,9 +42,7 @@ class FmnistCNN(nn.Module):
     ) -> None:
         super().__init__()
         if len(widths) != 5:
-            raise AmcError(
-                f"fmnist_cnn widths={list(widths)} has {len(widths)} entries; give exactly 5 (one per conv)"
-            )
+            raise AmcError(f"fmnist_cnn widths={list(widths)} has {len(widths)} entries; give exactly 5 (one per conv)")
         c1, c2, c3, c4, c5 = (int(w) for w in widths)
         self.features = nn.Sequential(
             ConvBNAct(in_channels, c1),
