@@ -183,6 +183,27 @@ def train_baseline(cfg: DictConfig, model: nn.Module, data: DataModule, path: Pa
     }
 
 
+def load_user_weights(model: nn.Module, path: Path) -> dict[str, Any]:
+    """Fill ``model`` with a state dict trained elsewhere (``pretrain.weights=<file>``), read with ``weights_only``.
+
+    Accepts a bare state dict, ``{"state_dict": ...}`` (amc's and most training scripts' layout) and
+    ``module.``-prefixed keys of ``DataParallel`` checkpoints. Returns the baseline's metadata (no test
+    accuracy: it was not measured here).
+
+    Args:
+        model: the freshly built model.
+        path: the weights file.
+    """
+    obj = load_file(path)
+    state = obj.get("state_dict", obj)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise AmcError(f"{path} holds no state dict of tensors; pass pretrain.weights=<a model state_dict file>")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    load_state(model, state, str(path))
+    log.info("loaded the user's weights %s", path)
+    return {"path": str(path), "cached": False, "user_weights": True}
+
+
 def load_or_pretrain(cfg: DictConfig, data: DataModule | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """The pretrained baseline for ``cfg.model`` on ``cfg.data``: from the cache, or trained now.
 
@@ -193,6 +214,9 @@ def load_or_pretrain(cfg: DictConfig, data: DataModule | None = None) -> tuple[n
     data = data if data is not None else instantiate(cfg.data)
     model = instantiate(cfg.model)
     build_graph(model, data.input_shape)  # fails early, with a clear message, on a wrong input shape
+    weights = cfg.pretrain.get("weights")
+    if weights:
+        return model, load_user_weights(model, Path(str(weights)).expanduser())
     path = checkpoint_path(cfg, data)
     arch = arch_spec(cfg.model)
     if path.exists() and not cfg.pretrain.get("force", False):

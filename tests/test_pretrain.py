@@ -166,6 +166,20 @@ def test_cached_checkpoint_for_other_architecture_is_refused(tmp_path: Path) -> 
         load_or_pretrain(cfg)
 
 
+def test_users_own_weights_are_the_baseline(tmp_path: Path) -> None:
+    make_fmnist(tmp_path / "fm")
+    torch.manual_seed(3)
+    trained = build_model("fmnist_cnn", num_classes=10, in_channels=1)
+    # A DataParallel-style checkpoint from another training script.
+    torch.save({"state_dict": {f"module.{k}": v for k, v in trained.state_dict().items()}}, tmp_path / "mine.pth")
+    model, meta = load_or_pretrain(compose_cfg(tmp_path, f"pretrain.weights={tmp_path / 'mine.pth'}"))
+    assert meta["user_weights"] and not (tmp_path / ".cache").exists()  # nothing trained, nothing cached
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), trained.state_dict().values()))
+    torch.save(build_model("resnet20", num_classes=10, in_channels=1).state_dict(), tmp_path / "other.pth")
+    with pytest.raises(AmcError, match="do not fit model"):
+        load_or_pretrain(compose_cfg(tmp_path, f"pretrain.weights={tmp_path / 'other.pth'}"))
+
+
 def test_cli_errors_are_one_line_and_nonzero(tmp_path: Path) -> None:
     make_fmnist(tmp_path / "fm")
     bad_shape = _run_pretrain(tmp_path, "model=vgg16_cifar")
