@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"
 # Keys that do not change what a search finds (left out of the config hash).
-UNHASHED = ("paths", "output_dir", "resume", "threads", "device", "callbacks", "task_name")
+UNHASHED = ("paths", "output_dir", "resume", "threads", "device", "callbacks", "task_name", "finetune", "paper")
 
 
 def _name(node: Any) -> str | None:
