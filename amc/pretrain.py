@@ -45,6 +45,12 @@ def arch_spec(model_cfg: DictConfig) -> dict[str, Any]:
     return spec
 
 
+def baseline_seed(cfg: DictConfig) -> int:
+    """The baseline's seed: ``pretrain.seed``, or the run's ``seed`` when that is null."""
+    seed = cfg.pretrain.get("seed")
+    return int(cfg.seed if seed is None else seed)
+
+
 def checkpoint_path(cfg: DictConfig, data: DataModule) -> Path:
     """Where the pretrained checkpoint for this model, data, recipe and seed is cached.
 
@@ -60,7 +66,7 @@ def checkpoint_path(cfg: DictConfig, data: DataModule) -> Path:
         "search_size": data.search_size,
         "split_seed": data.split_seed,
     }
-    key = config_hash(arch, data_id, recipe, int(cfg.seed))
+    key = config_hash(arch, data_id, recipe, baseline_seed(cfg))
     model_name = str(arch["_target_"]).rsplit(".", 1)[-1]
     return Path(cfg.paths.cache_dir) / "pretrained" / f"{model_name}-{data.name}-{key}.pt"
 
@@ -147,7 +153,7 @@ def train_baseline(cfg: DictConfig, model: nn.Module, data: DataModule, path: Pa
         log.info("resuming pretraining from epoch %d/%d (%s)", start, epochs, partial)
     for epoch in tqdm(range(start, epochs), desc="pretrain", initial=start, total=epochs, dynamic_ncols=True):
         # Each epoch's shuffling has its own seed, so a resumed run sees the same batches.
-        loader = data.train_loader(seed=int(cfg.seed) * 1000 + epoch)
+        loader = data.train_loader(seed=baseline_seed(cfg) * 1000 + epoch)
         t0 = time.perf_counter()
         loss = train_epoch(
             model,
@@ -229,9 +235,15 @@ def load_or_pretrain(cfg: DictConfig, data: DataModule | None = None) -> tuple[n
             f"no pretrained checkpoint at {path}; run `python -m amc.pretrain` with the same model/data first"
         )
     log.info("training baseline %s on %s -> %s", arch["_target_"], data.name, path)
-    meta = train_baseline(cfg, model, data, path)
+    if cfg.pretrain.get("seed") is None:
+        meta = train_baseline(cfg, model, data, path)
+    else:  # its own seed, independent of the run's (a sweep over search seeds shares one baseline)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(baseline_seed(cfg))
+            model = instantiate(cfg.model)
+            meta = train_baseline(cfg, model, data, path)
     meta.update(
-        {"data": data.name, "seed": int(cfg.seed), "recipe": OmegaConf.to_container(cfg.pretrain, resolve=True)}
+        {"data": data.name, "seed": baseline_seed(cfg), "recipe": OmegaConf.to_container(cfg.pretrain, resolve=True)}
     )
     save_checkpoint(path, model, arch, meta)
     path.with_suffix(".partial.pt").unlink(missing_ok=True)

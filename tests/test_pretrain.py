@@ -166,6 +166,21 @@ def test_cached_checkpoint_for_other_architecture_is_refused(tmp_path: Path) -> 
         load_or_pretrain(cfg)
 
 
+def test_search_seeds_can_share_one_baseline(tmp_path: Path) -> None:
+    from hydra.utils import instantiate
+
+    from amc.pretrain import checkpoint_path
+
+    make_fmnist(tmp_path / "fm")
+
+    def path(*extra: str) -> Path:
+        cfg = compose_cfg(tmp_path, *extra)
+        return checkpoint_path(cfg, instantiate(cfg.data))
+
+    assert path("seed=1") != path("seed=0")  # by default the baseline follows the run's seed
+    assert path("seed=1", "pretrain.seed=0") == path("seed=2", "pretrain.seed=0") == path("seed=0")
+
+
 def test_users_own_weights_are_the_baseline(tmp_path: Path) -> None:
     make_fmnist(tmp_path / "fm")
     torch.manual_seed(3)
