@@ -315,7 +315,7 @@ def resolve_policy(cfg: DictConfig) -> tuple[Path, DictConfig, DictConfig | None
 
     ``policy`` may be a search run directory (``best_policy.json`` inside) or a JSON file; the search
     config beside the policy (``config.yaml`` that ``amc.train`` writes, else ``.hydra/config.yaml``)
-    wins for ``model``, ``data``, ``pretrain``, ``seed`` and the compressor options, so the start
+    wins for ``model``, ``data``, ``pretrain``, ``seed``, ``paths.cache_dir`` and the compressor options, so the start
     equals what the reward saw.
 
     Args:
@@ -339,6 +339,9 @@ def resolve_policy(cfg: DictConfig) -> tuple[Path, DictConfig, DictConfig | None
             merged[key] = search[key]
     if "seed" in search:
         merged.seed = search.seed
+    cache_dir = (search.get("paths") or {}).get("cache_dir")
+    if cache_dir is not None:  # the baseline the search compressed, wherever that run kept it
+        merged.paths.cache_dir = cache_dir
     env = search.get("env") or {}
     for key in COMPRESS_KEYS:
         for node in (env, search):

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from hydra import compose, initialize_config_module
 from test_pretrain import make_fmnist
 
@@ -133,3 +134,6 @@ def test_paper_runner_searches_finetunes_and_reports(stand_in: Path, tmp_path: P
     assert result["paper"]["compressed"] == 90.2
     assert result["ours"]["macs_ratio"] <= 0.5 + 1e-9
     assert 0.0 <= result["ours"]["compressed_top1"] <= 100.0
+    # The fine-tune compressed the very baseline the search used (from the search's cache dir).
+    meta = torch.load(run_dir / "finetune" / "compressed.pt", weights_only=True)["meta"]
+    assert Path(meta["baseline"]).resolve().is_relative_to(stand_in.resolve()), meta
