@@ -92,9 +92,7 @@ def _write_cifar10(root: Path, per_batch: int = 20, n_test: int = 20) -> Path:
             },
         )
     test = _id_images(n_test, 3, 32, start=10_000).reshape(n_test, -1)
-    write_cifar_batch(
-        folder / "test_batch", {b"labels": [int(v) for v in np.arange(n_test) % 10], b"data": test}
-    )
+    write_cifar_batch(folder / "test_batch", {b"labels": [int(v) for v in np.arange(n_test) % 10], b"data": test})
     return folder
 
 
@@ -269,9 +267,7 @@ def test_tar_rejects_links_and_extracts_good_archive(tmp_path: Path) -> None:
     link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
     with pytest.raises(AmcError, match="link"):
         safe_extract_tar(_tar_with(tmp_path / "link.tar.gz", [(link, None)]), tmp_path / "o1")
-    good = _tar_with(
-        tmp_path / "good.tar.gz", [(tarfile.TarInfo("d/a.txt"), b"A"), (tarfile.TarInfo("d/b"), b"")]
-    )
+    good = _tar_with(tmp_path / "good.tar.gz", [(tarfile.TarInfo("d/a.txt"), b"A"), (tarfile.TarInfo("d/b"), b"")])
     assert safe_extract_tar(good, tmp_path / "o2") == ["d"]
     assert (tmp_path / "o2" / "d" / "a.txt").read_bytes() == b"A"
     assert [p.name for p in (tmp_path / "o2").iterdir()] == ["d"], "no temporary folder is left"
@@ -284,9 +280,7 @@ def test_tar_rejects_links_and_extracts_good_archive(tmp_path: Path) -> None:
 # --- MNIST / Fashion-MNIST ----------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(
-    not FMNIST_SYSTEM_DIR.is_dir(), reason="Debian package dataset-fashion-mnist not installed"
-)
+@pytest.mark.skipif(not FMNIST_SYSTEM_DIR.is_dir(), reason="Debian package dataset-fashion-mnist not installed")
 def test_real_fashion_mnist(tmp_path: Path) -> None:
     before = _rng_states()
     dm = FashionMNIST(root=str(tmp_path / "empty"))  # falls back to /usr/share/datasets/fashion-mnist
@@ -449,9 +443,7 @@ def test_train_loader_is_seeded_and_epochs_differ(fmnist_root: Path) -> None:
     loader = dm.train_loader(seed=7)
     epoch1 = [y for _, y in loader]
     epoch2 = [y for _, y in loader]
-    assert not all(torch.equal(a, b) for a, b in zip(epoch1, epoch2, strict=True)), (
-        "new permutation per epoch"
-    )
+    assert not all(torch.equal(a, b) for a, b in zip(epoch1, epoch2, strict=True)), "new permutation per epoch"
 
 
 def test_loader_results_do_not_depend_on_workers(fmnist_root: Path) -> None:
@@ -638,9 +630,7 @@ def test_build_data_registry(tmp_path: Path) -> None:
     [("fashion_mnist", FashionMNIST), ("mnist", MNIST), ("cifar10", CIFAR10), ("cifar100", CIFAR100)],
 )
 def test_hydra_configs_instantiate(tmp_path: Path, config: str, cls: type) -> None:
-    cfg = OmegaConf.create(
-        {"paths": {"data_dir": str(tmp_path)}, "data": OmegaConf.load(CONF_DIR / f"{config}.yaml")}
-    )
+    cfg = OmegaConf.create({"paths": {"data_dir": str(tmp_path)}, "data": OmegaConf.load(CONF_DIR / f"{config}.yaml")})
     dm = instantiate(cfg.data)
     assert type(dm) is cls and dm.root.startswith(str(tmp_path))
     assert cfg.data.num_classes == dm.num_classes and cfg.data.in_channels == dm.in_channels
@@ -665,9 +655,7 @@ class _FakeImageFolder(torch.utils.data.Dataset):
 
     def __init__(self, root: str, transform: object = None) -> None:
         self.classes = sorted(d.name for d in Path(root).iterdir() if d.is_dir())
-        self.samples = [
-            (f, i) for i, c in enumerate(self.classes) for f in sorted((Path(root) / c).iterdir())
-        ]
+        self.samples = [(f, i) for i, c in enumerate(self.classes) for f in sorted((Path(root) / c).iterdir())]
 
     def __len__(self) -> int:
         return len(self.samples)

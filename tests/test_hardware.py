@@ -75,8 +75,16 @@ def test_output_stationary_matches_scalesim() -> None:
 
 def _ref_layer(d: dict) -> Layer:
     return Layer(
-        d["kind"], d["in_channels"], d["out_channels"], tuple(d["kernel_size"]), tuple(d["stride"]),
-        d["groups"], tuple(d["in_hw"]), tuple(d["out_hw"]), d["depthwise"], d["name"],
+        d["kind"],
+        d["in_channels"],
+        d["out_channels"],
+        tuple(d["kernel_size"]),
+        tuple(d["stride"]),
+        d["groups"],
+        tuple(d["in_hw"]),
+        tuple(d["out_hw"]),
+        d["depthwise"],
+        d["name"],
     )
 
 
@@ -277,8 +285,14 @@ def test_unknown_preset_lists_presets() -> None:
 def test_required_presets_exist_and_override() -> None:
     names = set(list_presets())
     assert {
-        "bitfusion_edge", "bismo_edge", "bismo_cloud", "systolic_ws_32x32", "systolic_os_32x32",
-        "eyeriss_like", "npu_int8_int4", "gpu_roofline",
+        "bitfusion_edge",
+        "bismo_edge",
+        "bismo_cloud",
+        "systolic_ws_32x32",
+        "systolic_os_32x32",
+        "eyeriss_like",
+        "npu_int8_int4",
+        "gpu_roofline",
     } <= names
     acc = load_preset("bitfusion_edge", batch=4)
     assert acc.batch == 4
@@ -404,10 +418,16 @@ def test_policy_file_and_plots(tmp_path: Path) -> None:
 
     units = small_model()
     policy_file = tmp_path / "policy.json"
-    policy_file.write_text(json.dumps({"units": [
-        {"name": "conv1", "in_channels": 3, "out_channels": 16, "w_bits": 8, "a_bits": 8},
-        {"name": "conv3", "in_channels": 64, "out_channels": 96, "w_bits": 4, "a_bits": 4},
-    ]}))
+    policy_file.write_text(
+        json.dumps(
+            {
+                "units": [
+                    {"name": "conv1", "in_channels": 3, "out_channels": 16, "w_bits": 8, "a_bits": 8},
+                    {"name": "conv3", "in_channels": 64, "out_channels": 96, "w_bits": 4, "a_bits": 4},
+                ]
+            }
+        )
+    )
     policy = load_policy(policy_file, units)
     assert [p.out_channels for p in policy] == [16, 32, 64, 96, 10]
     assert policy[1].w_bits == 32  # not listed: dense, unquantized
@@ -420,8 +440,12 @@ def test_policy_file_and_plots(tmp_path: Path) -> None:
     assert plot_roofline(hw, runs, tmp_path / "roofline.png").stat().st_size > 0
     assert plot_latency_breakdown(runs, tmp_path / "bars.png").stat().st_size > 0
 
-    for bad in ({"units": [{"name": "nope"}]}, {"units": [{"name": "conv1", "out_channels": 64}]},
-                {"units": [{"name": "conv1", "w_bits": 9}]}, {"layers": []}):
+    for bad in (
+        {"units": [{"name": "nope"}]},
+        {"units": [{"name": "conv1", "out_channels": 64}]},
+        {"units": [{"name": "conv1", "w_bits": 9}]},
+        {"layers": []},
+    ):
         policy_file.write_text(json.dumps(bad))
         with pytest.raises(AmcError):
             load_policy(policy_file, units)
@@ -438,11 +462,22 @@ def test_cli_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
 
     units = build_graph(build_model("fmnist_cnn", num_classes=10, in_channels=1), (1, 28, 28)).units
     policy_file = tmp_path / "policy.json"
-    policy_file.write_text(json.dumps({"units": [
-        {"name": u.name, "in_channels": u.in_channels, "out_channels": u.out_channels, "w_bits": 4,
-         "a_bits": 4}
-        for u in units
-    ]}))
+    policy_file.write_text(
+        json.dumps(
+            {
+                "units": [
+                    {
+                        "name": u.name,
+                        "in_channels": u.in_channels,
+                        "out_channels": u.out_channels,
+                        "w_bits": 4,
+                        "a_bits": 4,
+                    }
+                    for u in units
+                ]
+            }
+        )
+    )
     with initialize_config_module(config_module="amc.conf", version_base="1.3"):
         cfg = compose("hardware_report", overrides=["hardware=systolic_ws_32x32", f"policy={policy_file}"])
     results = hardware_report(cfg, out_dir=tmp_path)

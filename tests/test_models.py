@@ -248,9 +248,7 @@ def test_residual_adds_couple_convs_into_shared_pruning_groups() -> None:
 
 
 @pytest.mark.parametrize(("name", "kwargs", "shape"), SMALL_MODELS, ids=_ids(SMALL_MODELS))
-def test_dependency_graph_builds_and_every_group_prunes(
-    name: str, kwargs: dict, shape: tuple[int, int, int]
-) -> None:
+def test_dependency_graph_builds_and_every_group_prunes(name: str, kwargs: dict, shape: tuple[int, int, int]) -> None:
     torch.manual_seed(0)
     model = build_model(name, **kwargs).eval()
     example = torch.randn(1, *shape)

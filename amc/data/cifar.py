@@ -71,8 +71,7 @@ def load_cifar_pickle(path: str | Path) -> dict[str, Any]:
         raise AmcError(f"{path} does not exist: check data.root or set data.download=true") from exc
     except pickle.UnpicklingError as exc:
         raise AmcError(
-            f"{path} is corrupt or not a CIFAR batch ({exc}): "
-            "delete it and extract the official archive again"
+            f"{path} is corrupt or not a CIFAR batch ({exc}): delete it and extract the official archive again"
         ) from exc
     except Exception as exc:  # noqa: BLE001 - any failure inside pickle means a corrupt file
         raise AmcError(
@@ -112,9 +111,7 @@ def read_cifar_batch(path: str | Path, label_key: str, num_classes: int) -> tupl
     except (TypeError, ValueError) as exc:
         raise AmcError(f"{path}: {label_key!r} is not a list of integers: {fix}") from exc
     if labels.shape != (data.shape[0],):
-        raise AmcError(
-            f"{path}: {labels.shape[0] if labels.ndim else 0} labels for {data.shape[0]} images: {fix}"
-        )
+        raise AmcError(f"{path}: {labels.shape[0] if labels.ndim else 0} labels for {data.shape[0]} images: {fix}")
     if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
         raise AmcError(f"{path}: labels outside 0..{num_classes - 1}: {fix}")
     return data.reshape(-1, 3, 32, 32), labels.astype(np.uint8)
@@ -194,9 +191,7 @@ def locate_cifar(resource: CifarResource, root: str | Path, download: bool = Fal
     folder = root / resource.folder
     missing = [name for name in needed if not (folder / name).is_file()]
     if missing:
-        raise AmcError(
-            f"{archive} did not contain {resource.folder}/{missing[0]}: delete it and download it again"
-        )
+        raise AmcError(f"{archive} did not contain {resource.folder}/{missing[0]}: delete it and download it again")
     return folder
 
 
@@ -268,19 +263,9 @@ def _py2_ndarray(array: np.ndarray) -> bytes:
     if array.dtype != np.uint8:
         raise TypeError("only uint8 arrays are written")
     array = np.ascontiguousarray(array)
-    dtype = (
-        b"cnumpy\ndtype\n"
-        + _py2_str(b"u1")
-        + b"K\x00K\x01\x87R"
-        + _py2_obj((3, "|", None, None, None, -1, -1, 0))
-    )
+    dtype = b"cnumpy\ndtype\n" + _py2_str(b"u1") + b"K\x00K\x01\x87R" + _py2_obj((3, "|", None, None, None, -1, -1, 0))
     dtype += b"b"  # BUILD
-    header = (
-        b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n"
-        + _py2_obj((0,))
-        + _py2_str(b"b")
-        + b"\x87R"
-    )
+    header = b"cnumpy.core.multiarray\n_reconstruct\ncnumpy\nndarray\n" + _py2_obj((0,)) + _py2_str(b"b") + b"\x87R"
     state = b"(" + _py2_int(1) + _py2_obj(tuple(int(s) for s in array.shape)) + dtype + b"\x89"
     state += _py2_str(array.tobytes()) + b"t"
     return header + state + b"b"

@@ -194,7 +194,5 @@ def safe_extract_tar(archive: str | Path, dest: str | Path) -> list[str]:
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
     except (tarfile.TarError, EOFError, OSError) as exc:
-        raise AmcError(
-            f"{archive} is not a readable tar archive ({exc}): delete it and download it again"
-        ) from exc
+        raise AmcError(f"{archive} is not a readable tar archive ({exc}): delete it and download it again") from exc
     return tops

@@ -81,6 +81,4 @@ def imagenet_folder(root: str | Path, split: str, transform: Any) -> Any:
     try:
         return tv.datasets.ImageFolder(str(folder), transform=transform)
     except (FileNotFoundError, RuntimeError) as exc:
-        raise AmcError(
-            f"cannot read ImageNet images under {folder} ({exc}): check the folder layout"
-        ) from exc
+        raise AmcError(f"cannot read ImageNet images under {folder} ({exc}): check the folder layout") from exc

@@ -125,9 +125,7 @@ class BatchIndexSampler(Sampler[BatchRequest]):
         seeded: attach a per-batch augmentation seed.
     """
 
-    def __init__(
-        self, n: int, batch_size: int, shuffle: bool, drop_last: bool, seed: int, seeded: bool
-    ) -> None:
+    def __init__(self, n: int, batch_size: int, shuffle: bool, drop_last: bool, seed: int, seeded: bool) -> None:
         self.n, self.batch_size, self.shuffle, self.drop_last, self.seeded = (
             n,
             batch_size,
@@ -553,9 +551,7 @@ class InMemoryDataModule(DataModule):
         dataset = self._view("train")
         generator = torch.Generator().manual_seed(int(seed))
         need = n * batch_size
-        perms = [
-            torch.randperm(len(dataset), generator=generator) for _ in range(math.ceil(need / len(dataset)))
-        ]
+        perms = [torch.randperm(len(dataset), generator=generator) for _ in range(math.ceil(need / len(dataset)))]
         order = torch.cat(perms)[:need] if perms else torch.empty(0, dtype=torch.int64)
         return [dataset.batch(order[i * batch_size : (i + 1) * batch_size]) for i in range(n)]
 
@@ -762,9 +758,7 @@ class ImageNet(DataModule):
         return [(x, y) for x, y in self._eval_loader(subset, batch_size)][:n]
 
 
-DATASETS: dict[str, type[DataModule]] = {
-    cls.NAME: cls for cls in (FashionMNIST, MNIST, CIFAR10, CIFAR100, ImageNet)
-}
+DATASETS: dict[str, type[DataModule]] = {cls.NAME: cls for cls in (FashionMNIST, MNIST, CIFAR10, CIFAR100, ImageNet)}
 
 
 def _key(name: str) -> str:

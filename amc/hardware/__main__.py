@@ -49,10 +49,8 @@ def hardware_report(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[
     graph = build_graph(model, data.input_shape)
     hw = HardwareModel(accelerator, graph.units, batch=cfg.get("batch"))
     about = accelerator.describe()
-    print("hardware: " + ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
-                                   for k, v in about.items()))
-    print(f"model: {type(model).__name__}, input {tuple(data.input_shape)}, {len(graph.units)} units, "
-          f"batch {hw.batch}")
+    print("hardware: " + ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in about.items()))
+    print(f"model: {type(model).__name__}, input {tuple(data.input_shape)}, {len(graph.units)} units, batch {hw.batch}")
     dense = hw.model_cost()
     results = {"dense": dense}
     print("\ndense, unquantized (32 = native bits):")

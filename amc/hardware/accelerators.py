@@ -551,16 +551,12 @@ class GpuRoofline(Accelerator):
     ) -> None:
         super().__init__(**common)
         if len(precisions) != len(macs_per_sm_per_cycle) or not precisions:
-            raise AmcError(
-                f"preset {self.name!r}: precisions and macs_per_sm_per_cycle need equal, non-zero length"
-            )
+            raise AmcError(f"preset {self.name!r}: precisions and macs_per_sm_per_cycle need equal, non-zero length")
         for n, v in (("num_sms", num_sms), ("tile_m", tile_m), ("tile_p", tile_p), ("tile_k", tile_k)):
             _positive(n, v)
         rates = {int(p): float(r) for p, r in zip(precisions, macs_per_sm_per_cycle, strict=True)}
         if self.native_bits not in rates:
-            raise AmcError(
-                f"preset {self.name!r}: native_bits={self.native_bits} needs an entry in precisions"
-            )
+            raise AmcError(f"preset {self.name!r}: native_bits={self.native_bits} needs an entry in precisions")
         self.num_sms = int(num_sms)
         self.rates = rates
         self.int_modes = tuple(sorted(p for p in rates if p != self.native_bits))

@@ -79,12 +79,14 @@ class CostModelBase:
             a_bits_list: activation bits per unit.
         """
         n = len(self.units)
-        for name, lst in (("c_in_list", c_in_list), ("c_out_list", c_out_list),
-                          ("w_bits_list", w_bits_list), ("a_bits_list", a_bits_list)):
+        for name, lst in (
+            ("c_in_list", c_in_list),
+            ("c_out_list", c_out_list),
+            ("w_bits_list", w_bits_list),
+            ("a_bits_list", a_bits_list),
+        ):
             if lst is not None and len(lst) != n:
-                raise AmcError(
-                    f"{name} has {len(lst)} entries but the model has {n} units; give one per unit"
-                )
+                raise AmcError(f"{name} has {len(lst)} entries but the model has {n} units; give one per unit")
         cache = self._cache
         full = self._full
         layers = []
@@ -133,14 +135,10 @@ class HardwareModel(CostModelBase):
         >>> hw.model_cost(c_in, c_out, w_bits, a_bits).latency_s  # doctest: +SKIP
     """
 
-    def __init__(
-        self, accelerator: Accelerator, units: Iterable[LayerSpec], batch: int | None = None
-    ) -> None:
+    def __init__(self, accelerator: Accelerator, units: Iterable[LayerSpec], batch: int | None = None) -> None:
         super().__init__(units)
         if not isinstance(accelerator, Accelerator):
-            raise AmcError(
-                f"expected an Accelerator, got {type(accelerator).__name__}; use load_preset(name)"
-            )
+            raise AmcError(f"expected an Accelerator, got {type(accelerator).__name__}; use load_preset(name)")
         self.accelerator = accelerator
         self.batch = int(batch if batch is not None else accelerator.batch)
         if self.batch < 1:

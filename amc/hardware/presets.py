@@ -59,9 +59,7 @@ def build_accelerator(cfg: Any) -> Accelerator:
             f"cannot build hardware {cfg.get('name', target)!r}: {cause}; fix the preset's parameters"
         ) from None
     if not isinstance(acc, Accelerator):
-        raise AmcError(
-            f"hardware _target_ {target!r} is not an Accelerator; use an amc.hardware accelerator class"
-        )
+        raise AmcError(f"hardware _target_ {target!r} is not an Accelerator; use an amc.hardware accelerator class")
     return acc
 
 

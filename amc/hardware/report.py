@@ -75,9 +75,7 @@ def load_policy(path: str | Path, units: Sequence[LayerSpec]) -> list[UnitPolicy
         name = str(e["name"])
         unit = by_name.get(name)
         if unit is None:
-            raise AmcError(
-                f"policy file {path}: unit {name!r} is not in the model; its units are {', '.join(by_name)}"
-            )
+            raise AmcError(f"policy file {path}: unit {name!r} is not in the model; its units are {', '.join(by_name)}")
         try:
             pol = UnitPolicy(
                 name,
@@ -88,15 +86,18 @@ def load_policy(path: str | Path, units: Sequence[LayerSpec]) -> list[UnitPolicy
             )
         except (TypeError, ValueError):
             raise AmcError(f"policy {path}: unit {name!r} has a non-integer value; use integers") from None
-        for field, kept, dense in (("in_channels", pol.in_channels, unit.in_channels),
-                                   ("out_channels", pol.out_channels, unit.out_channels)):
+        for field, kept, dense in (
+            ("in_channels", pol.in_channels, unit.in_channels),
+            ("out_channels", pol.out_channels, unit.out_channels),
+        ):
             if not 1 <= kept <= dense:
                 raise AmcError(f"policy file {path}: {name}.{field}={kept} must be in 1..{dense}")
         given[name] = pol
     missing = [str(u.name) for u in units if str(u.name) not in given]
     if missing:
-        log.warning("policy %s does not list %d unit(s) (kept dense, unquantized): %s", path, len(missing),
-                    ", ".join(missing))
+        log.warning(
+            "policy %s does not list %d unit(s) (kept dense, unquantized): %s", path, len(missing), ", ".join(missing)
+        )
     return [given.get(str(u.name), UnitPolicy(str(u.name), u.in_channels, u.out_channels)) for u in units]
 
 
@@ -116,8 +117,13 @@ def policy_lists(policy: Sequence[UnitPolicy]) -> tuple[list[int], list[int], li
 
 def _energy_cells(c: LayerCost | ModelCost) -> list[object]:
     return [
-        f"{c.macs / 1e6:.3f}", c.cycles, f"{c.latency_s * 1e6:.2f}", f"{c.energy_j * 1e6:.3f}",
-        f"{c.mac_energy_j * 1e6:.3f}", f"{c.sram_energy_j * 1e6:.3f}", f"{c.dram_energy_j * 1e6:.3f}",
+        f"{c.macs / 1e6:.3f}",
+        c.cycles,
+        f"{c.latency_s * 1e6:.2f}",
+        f"{c.energy_j * 1e6:.3f}",
+        f"{c.mac_energy_j * 1e6:.3f}",
+        f"{c.sram_energy_j * 1e6:.3f}",
+        f"{c.dram_energy_j * 1e6:.3f}",
         f"{c.static_energy_j * 1e6:.3f}",
     ]
 
@@ -132,8 +138,9 @@ def table_rows(cost: ModelCost, policy: Sequence[UnitPolicy] | None = None) -> l
     rows: list[list[object]] = []
     for i, c in enumerate(cost.layers):
         chans = f"{policy[i].in_channels}/{policy[i].out_channels}" if policy else ""
-        rows.append([i, c.name, chans, f"{c.w_bits}/{c.a_bits}", *_energy_cells(c), c.bound,
-                     f"{100 * c.utilisation:.1f}"])
+        rows.append(
+            [i, c.name, chans, f"{c.w_bits}/{c.a_bits}", *_energy_cells(c), c.bound, f"{100 * c.utilisation:.1f}"]
+        )
     rows.append(["", "total", "", "", *_energy_cells(cost), "", ""])
     return rows
 
@@ -143,8 +150,20 @@ def _num(x: float) -> float:
 
 
 HEADERS = [
-    "#", "layer", "c_in/c_out", "w/a bits", "MMACs", "cycles", "latency us", "energy uJ", "MAC uJ",
-    "SRAM uJ", "DRAM uJ", "static uJ", "bound", "util %",
+    "#",
+    "layer",
+    "c_in/c_out",
+    "w/a bits",
+    "MMACs",
+    "cycles",
+    "latency us",
+    "energy uJ",
+    "MAC uJ",
+    "SRAM uJ",
+    "DRAM uJ",
+    "static uJ",
+    "bound",
+    "util %",
 ]
 
 
@@ -160,9 +179,7 @@ def format_table(cost: ModelCost, policy: Sequence[UnitPolicy] | None = None) ->
     return tabulate(table_rows(cost, policy), headers=HEADERS, disable_numparse=True)
 
 
-def plot_roofline(
-    model: CostModelBase, runs: Sequence[tuple[str, ModelCost]], path: str | Path
-) -> Path:
+def plot_roofline(model: CostModelBase, runs: Sequence[tuple[str, ModelCost]], path: str | Path) -> Path:
     """Per-layer roofline scatter: arithmetic intensity vs achieved throughput, with a roof per precision.
 
     Args:
@@ -190,15 +207,12 @@ def plot_roofline(
             ax.plot(xs, np.minimum(peak, xs * bw), lw=1.2, label=f"roof {label} ({peak / 1e9:.3g} GOPS)")
     markers = "os^Dv"
     for k, (label, cost) in enumerate(runs):
-        pts = [
-            (c.arithmetic_intensity, c.throughput_ops, i)
-            for i, c in enumerate(cost.layers)
-            if c.dram_bytes > 0
-        ]
+        pts = [(c.arithmetic_intensity, c.throughput_ops, i) for i, c in enumerate(cost.layers) if c.dram_bytes > 0]
         if not pts:
             continue
-        ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=markers[k % len(markers)], s=28,
-                   label=label, zorder=3)
+        ax.scatter(
+            [p[0] for p in pts], [p[1] for p in pts], marker=markers[k % len(markers)], s=28, label=label, zorder=3
+        )
         for x, y, i in pts:
             ax.annotate(str(i), (x, y), fontsize=6, xytext=(2, 2), textcoords="offset points")
     ax.set_xscale("log")
@@ -244,12 +258,27 @@ def plot_latency_breakdown(runs: Sequence[tuple[str, ModelCost]], path: str | Pa
         other = np.maximum(0.0, total - comp - mem)
         pos = x[: len(cost.layers)] - 0.4 + width * (k + 0.5)
         hatch = hatches[k % len(hatches)]
-        ax.bar(pos, comp * 1e6, width, color="tab:blue", hatch=hatch, edgecolor="white",
-               label=f"{label}: compute")
-        ax.bar(pos, mem * 1e6, width, bottom=comp * 1e6, color="tab:orange", hatch=hatch, edgecolor="white",
-               label=f"{label}: memory stall")
-        ax.bar(pos, other * 1e6, width, bottom=(comp + mem) * 1e6, color="tab:gray", hatch=hatch,
-               edgecolor="white", label=f"{label}: prologue / other")
+        ax.bar(pos, comp * 1e6, width, color="tab:blue", hatch=hatch, edgecolor="white", label=f"{label}: compute")
+        ax.bar(
+            pos,
+            mem * 1e6,
+            width,
+            bottom=comp * 1e6,
+            color="tab:orange",
+            hatch=hatch,
+            edgecolor="white",
+            label=f"{label}: memory stall",
+        )
+        ax.bar(
+            pos,
+            other * 1e6,
+            width,
+            bottom=(comp + mem) * 1e6,
+            color="tab:gray",
+            hatch=hatch,
+            edgecolor="white",
+            label=f"{label}: prologue / other",
+        )
     ax.set_xticks(x)
     ax.set_xticklabels([str(i) for i in x], fontsize=7)
     ax.set_xlabel("layer")

@@ -70,9 +70,7 @@ InterfaceBandwidth: CALC
 UseRamulatorTrace: False
 """
 
-TOPOLOGY_HEADER = (
-    "Layer name, IFMAP Height, IFMAP Width, Filter Height, Filter Width, Channels, Num Filter, Strides,"
-)
+TOPOLOGY_HEADER = "Layer name, IFMAP Height, IFMAP Width, Filter Height, Filter Width, Channels, Num Filter, Strides,"
 
 
 @dataclass(frozen=True)
@@ -95,8 +93,7 @@ class RefCase:
     def out_hw(self) -> tuple[int, int]:
         """Output size with SCALE-Sim's (unpadded) rule ``ceil((H - R + s) / s)``."""
         return tuple(  # type: ignore[return-value]
-            (h - k + s + s - 1) // s
-            for h, k, s in zip(self.in_hw, self.kernel_size, self.stride, strict=True)
+            (h - k + s + s - 1) // s for h, k, s in zip(self.in_hw, self.kernel_size, self.stride, strict=True)
         )
 
     def topology(self) -> str:
@@ -194,7 +191,10 @@ def simulate(case: RefCase, workdir: Path) -> dict[str, object]:
     buffer = io.StringIO()
     with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(io.StringIO()):
         sim = scalesim(
-            save_disk_space=True, verbose=True, config=str(cfg_path), topology=str(topo_path),
+            save_disk_space=True,
+            verbose=True,
+            config=str(cfg_path),
+            topology=str(topo_path),
             layout=str(layout_path),
         )
         sim.run_scale(top_path=str(workdir / "out"))
@@ -231,8 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     doc = {
         "generator": "amc/hardware/scalesim_refgen.py",
         "scalesim_version": metadata.version("scalesim"),
-        "mode": "InterfaceBandwidth CALC (estimate-bandwidth, stall-free); "
-        "value = COMPUTE_REPORT 'Compute Cycles'",
+        "mode": "InterfaceBandwidth CALC (estimate-bandwidth, stall-free); value = COMPUTE_REPORT 'Compute Cycles'",
         "batch": 1,
         "references": records,
     }

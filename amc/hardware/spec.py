@@ -99,8 +99,16 @@ class Layer:
             inp = (in_hw, in_hw) if isinstance(in_hw, int) else tuple(in_hw)
         depthwise = groups > 1 and groups == in_channels == out_channels
         return cls(
-            "conv", in_channels, out_channels, (kernel, kernel), (stride, stride), groups,
-            (int(inp[0]), int(inp[1])), (int(out[0]), int(out[1])), depthwise, name,
+            "conv",
+            in_channels,
+            out_channels,
+            (kernel, kernel),
+            (stride, stride),
+            groups,
+            (int(inp[0]), int(inp[1])),
+            (int(out[0]), int(out[1])),
+            depthwise,
+            name,
         )
 
     @classmethod
@@ -190,9 +198,7 @@ def geometry(unit: LayerSpec) -> Geometry:
         tokens = int(getattr(unit, "positions", 1) or 1)
         return Geometry(str(unit.name), 1, 1, tokens, 1, tokens, 1, False)
     if unit.kind != "conv":
-        raise AmcError(
-            f"layer {unit.name!r} has kind {unit.kind!r}; the hardware model handles 'conv' and 'linear'"
-        )
+        raise AmcError(f"layer {unit.name!r} has kind {unit.kind!r}; the hardware model handles 'conv' and 'linear'")
     r, s = int(unit.kernel_size[0]), int(unit.kernel_size[1])
     e, f = int(unit.out_hw[0]), int(unit.out_hw[1])
     in_pixels = int(unit.in_hw[0]) * int(unit.in_hw[1])
@@ -210,8 +216,19 @@ def lower_geometry(geo: Geometry, c_in: int, c_out: int, batch: int = 1) -> Gemm
     m = -(-c_out // g)
     p = batch * geo.e * geo.f
     return Gemm(
-        g, p, k, m, batch, geo.r, geo.s, geo.e, geo.f,
-        batch * geo.in_pixels * c_in, p * c_out, g * k * m, g * p * k * m,
+        g,
+        p,
+        k,
+        m,
+        batch,
+        geo.r,
+        geo.s,
+        geo.e,
+        geo.f,
+        batch * geo.in_pixels * c_in,
+        p * c_out,
+        g * k * m,
+        g * p * k * m,
     )
 
 

@@ -81,8 +81,13 @@ class CostTable:
     def header(self) -> dict[str, object]:
         """The JSON header of the file."""
         return {
-            "format": FORMAT, "version": VERSION, "accelerator": self.accelerator, "batch": self.batch,
-            "frequency_hz": self.frequency_hz, "bits": list(self.bits), "units": self.units,
+            "format": FORMAT,
+            "version": VERSION,
+            "accelerator": self.accelerator,
+            "batch": self.batch,
+            "frequency_hz": self.frequency_hz,
+            "bits": list(self.bits),
+            "units": self.units,
         }
 
 
@@ -162,8 +167,7 @@ def save_table(table: CostTable, path: str | Path) -> Path:
     if path.suffix == ".json":
         doc = dict(table.header())
         doc["tables"] = [
-            {"c_in": t.c_in, "c_out": t.c_out, **{k: v.tolist() for k, v in t.arrays.items()}}
-            for t in table.tables
+            {"c_in": t.c_in, "c_out": t.c_out, **{k: v.tolist() for k, v in t.arrays.items()}} for t in table.tables
         ]
         atomic_write_bytes(path, (json.dumps(doc) + "\n").encode())
         return path
@@ -183,9 +187,7 @@ def save_table(table: CostTable, path: str | Path) -> Path:
 
 def _check_header(header: dict[str, object], path: Path) -> None:
     if header.get("format") != FORMAT or header.get("version") != VERSION:
-        raise AmcError(
-            f"{path} is not an amc hardware table (format {FORMAT} v{VERSION}); rebuild it with build_table"
-        )
+        raise AmcError(f"{path} is not an amc hardware table (format {FORMAT} v{VERSION}); rebuild it with build_table")
 
 
 def _unit_table(raw: dict[str, object], n_bits: int, path: Path, i: int) -> UnitTable:
@@ -205,9 +207,7 @@ def _unit_table(raw: dict[str, object], n_bits: int, path: Path, i: int) -> Unit
             continue
         arr = np.asarray(raw[name], dtype=np.float64)
         if arr.shape != shape:
-            raise AmcError(
-                f"{path}: unit {i} {name} has shape {arr.shape}, expected {shape} (c_in, c_out, bits, bits)"
-            )
+            raise AmcError(f"{path}: unit {i} {name} has shape {arr.shape}, expected {shape} (c_in, c_out, bits, bits)")
         arrays[name] = arr
     return UnitTable(c_in, c_out, arrays)
 
@@ -220,16 +220,12 @@ def load_table(path: str | Path) -> CostTable:
     """
     path = Path(path)
     if not path.is_file():
-        raise AmcError(
-            f"hardware table {path} not found; build one with amc.hardware.build_table and save_table"
-        )
+        raise AmcError(f"hardware table {path} not found; build one with amc.hardware.build_table and save_table")
     if path.suffix == ".json":
         try:
             doc = json.loads(path.read_text())
         except json.JSONDecodeError as exc:
-            raise AmcError(
-                f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}); fix or regenerate it"
-            ) from None
+            raise AmcError(f"{path} is not valid JSON ({exc.msg} at line {exc.lineno}); fix or regenerate it") from None
         _check_header(doc, path)
         raw_tables = doc.get("tables", [])
         header = doc
@@ -242,7 +238,7 @@ def load_table(path: str | Path) -> CostTable:
             raw_tables = []
             for i in range(len(header["units"])):
                 prefix = f"u{i}_"
-                raw_tables.append({k[len(prefix):]: npz[k] for k in npz.files if k.startswith(prefix)})
+                raw_tables.append({k[len(prefix) :]: npz[k] for k in npz.files if k.startswith(prefix)})
     else:
         raise AmcError(f"table file {path} must end in .npz or .json")
     bits = [int(b) for b in header["bits"]]
