@@ -15,7 +15,10 @@ def accuracy(
     device: torch.device | str = "cpu",
     topk: tuple[int, ...] = (1,),
 ) -> dict[str, float]:
-    """Top-k accuracies (fractions in [0, 1]) and mean cross-entropy of ``model`` in eval mode.
+    """Top-k accuracies (fractions in [0, 1]), mean cross-entropy and ``nonfinite`` of ``model`` in eval mode.
+
+    ``nonfinite`` counts the samples whose logits hold NaN or inf (a broken model would otherwise
+    score whatever class its NaN logits happen to rank first).
 
     Args:
         model: the network (left in eval mode).
@@ -25,10 +28,11 @@ def accuracy(
     """
     model.eval()
     correct = {k: 0 for k in topk}
-    loss, n = 0.0, 0
+    loss, n, bad = 0.0, 0, 0
     for x, y in batches:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         logits = model(x)
+        bad += int((~torch.isfinite(logits)).any(dim=1).sum())
         loss += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
         top = logits.topk(max(topk), dim=1).indices
         hit = top == y.unsqueeze(1)
@@ -39,6 +43,7 @@ def accuracy(
         raise ValueError("no samples to evaluate")
     out = {f"top{k}": correct[k] / n for k in topk}
     out["loss"] = loss / n
+    out["nonfinite"] = bad
     return out
 
 

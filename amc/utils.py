@@ -56,24 +56,40 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def _write_error(path: Path, exc: BaseException) -> AmcError:
+    reason = getattr(exc, "strerror", None) or " ".join(str(exc).split())[:120] or type(exc).__name__
+    return AmcError(
+        f"cannot write {path} ({reason}); free disk space or point the output to a writable directory "
+        "(the previous file, if any, is unchanged)"
+    )
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file and a rename, so a crash never leaves half a file.
+
+    A failed write (disk full, read-only directory) removes the temporary file, leaves any previous
+    ``path`` untouched and raises a one-line :class:`AmcError`.
 
     Args:
         path: destination file.
         data: the bytes to write.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise _write_error(path, exc) from exc
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise _write_error(path, exc) from exc
         raise
 
 
@@ -85,12 +101,18 @@ def atomic_torch_save(obj: object, path: str | Path) -> None:
         path: destination file.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
+    except OSError as exc:
+        raise _write_error(path, exc) from exc
     try:
         torch.save(obj, tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        # torch reports a failed write (e.g. ENOSPC) as a RuntimeError from its stream writer.
+        if isinstance(exc, OSError | RuntimeError):
+            raise _write_error(path, exc) from exc
         raise

@@ -18,6 +18,7 @@ model is evaluated on the search split, and the reward function turns the metric
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -35,6 +36,8 @@ from amc.errors import AmcError
 from amc.evaluate import accuracy, tensor_batches
 from amc.graph import round_channels
 from amc.rewards import AccuracyReward
+
+log = logging.getLogger(__name__)
 
 MODES = ("prune", "quantize", "joint")
 
@@ -80,6 +83,8 @@ class CompressionEnv(gym.Env):
         eval_batch_size: batch size of the search-split evaluation.
         device: where the compressed model is evaluated.
         dense_accuracy: the baseline's search accuracy (measured at construction when omitted).
+        nonfinite: what an episode whose compressed model outputs NaN/inf does: ``skip`` (logged, reward 0,
+            never the best, the search goes on) or ``fail`` (stop with an error).
     """
 
     metadata = {"render_modes": []}
@@ -100,8 +105,12 @@ class CompressionEnv(gym.Env):
         eval_batch_size: int = 1000,
         device: str | torch.device = "cpu",
         dense_accuracy: float | None = None,
+        nonfinite: str = "skip",
     ) -> None:
         super().__init__()
+        if nonfinite not in ("skip", "fail"):
+            raise AmcError(f"nonfinite={nonfinite!r} is not an option; use skip (log and continue) or fail")
+        self.nonfinite, self.nonfinite_episodes = nonfinite, 0
         if mode not in MODES:
             raise AmcError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
         if not 0.0 < min_keep <= 1.0:
@@ -155,6 +164,11 @@ class CompressionEnv(gym.Env):
         self.features = FeatureBuilder(self.graph, self.wall.names)
         self.observation_space = gym.spaces.Box(0.0, 1.0, shape=(self.features.size,), dtype=np.float32)
         self.dense_accuracy = dense_accuracy if dense_accuracy is not None else self._evaluate(compressor.model)
+        if not math.isfinite(self.dense_accuracy):
+            raise AmcError(
+                "the uncompressed model gives NaN/inf outputs on the search split; its weights are broken "
+                "(retrain it with pretrain.force=true or pass other pretrain.weights)"
+            )
         self._t = 0
         self._reset_state()
 
@@ -264,9 +278,10 @@ class CompressionEnv(gym.Env):
         return Policy([int(k) for k in self.kept], [int(b) for b in self.w], [int(b) for b in self.a])
 
     def _evaluate(self, model: torch.nn.Module) -> float:
+        """Search accuracy; NaN when any output is NaN/inf (the episode then fails, see ``nonfinite``)."""
         model.to(self.device)
         res = accuracy(model, tensor_batches(self.search_x, self.search_y, self.eval_batch_size), self.device)
-        return res["top1"]
+        return float("nan") if res["nonfinite"] else res["top1"]
 
     def _finish(self) -> dict[str, Any]:
         return self.evaluate(self.policy(), {"wall_and_features": self._wall_seconds})
@@ -297,7 +312,15 @@ class CompressionEnv(gym.Env):
         if math.isfinite(acc):
             info["reward"] = float(self.reward_fn(info))
         else:
-            info["reward"], info["failed"] = 0.0, "accuracy is not finite"
+            self.nonfinite_episodes += 1
+            if self.nonfinite == "fail":
+                raise AmcError(
+                    f"the compressed model gave NaN/inf outputs (policy kept {list(policy.kept)}, w_bits "
+                    f"{list(policy.w_bits)}, a_bits {list(policy.a_bits)}); set env.nonfinite=skip to log such "
+                    "episodes and continue"
+                )
+            log.warning("episode policy gave NaN/inf outputs: reward 0, not eligible as best (env.nonfinite=skip)")
+            info["reward"], info["failed"] = 0.0, "NaN/inf outputs"
         info["policy"] = policy.to_dict(self.graph)
         info["timing"] = timing
         return info

@@ -342,3 +342,44 @@ def test_per_episode_finetune_keeps_weights_on_the_grid_and_helps() -> None:
     for u in graph.units:  # and every weight is still 4-bit
         w = dict(m_tuned.named_modules())[u.name].weight
         assert all(w[c].unique().numel() <= 2**4 for c in range(w.shape[0]))
+
+
+class NaNWhenPruned(nn.Module):
+    """A conv net whose outputs turn NaN once its conv keeps fewer than ``limit`` channels."""
+
+    def __init__(self, limit: int = 6) -> None:
+        super().__init__()
+        self.limit = limit
+        self.conv = nn.Conv2d(1, 8, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.flatten = nn.Flatten()
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        if y.shape[1] < self.limit:
+            y = y * float("nan")
+        return self.fc(self.flatten(self.pool(y)))
+
+
+@pytest.mark.parametrize("nonfinite", ["skip", "fail"])
+def test_nan_outputs_fail_the_episode_or_the_search(nonfinite: str) -> None:
+    env = make_small_env("prune", {}, model=NaNWhenPruned(), nonfinite=nonfinite)
+    ok = env.evaluate(Policy([8, 10], [FP32, FP32], [FP32, FP32]))
+    assert "failed" not in ok and np.isfinite(ok["accuracy"])
+    broken = Policy([4, 10], [FP32, FP32], [FP32, FP32])
+    if nonfinite == "fail":
+        with pytest.raises(AmcError, match="NaN/inf outputs"):
+            env.evaluate(broken)
+        return
+    info = env.evaluate(broken)
+    assert info["failed"] and info["reward"] == 0.0 and np.isnan(info["accuracy"])
+    assert env.nonfinite_episodes == 1
+
+
+def test_nan_baseline_is_refused() -> None:
+    model = build_model("fmnist_cnn", num_classes=10, in_channels=1)
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[0] = float("nan")
+    with pytest.raises(AmcError, match="uncompressed model gives NaN/inf"):
+        make_small_env("prune", {}, model=model)
