@@ -21,6 +21,7 @@ import copy
 import json
 import logging
 import math
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -339,6 +340,8 @@ def resolve_policy(cfg: DictConfig) -> tuple[Path, DictConfig, DictConfig | None
             merged[key] = search[key]
     if "seed" in search:
         merged.seed = search.seed
+    if search.get("hardware") is not None:  # budgets and the report on the accelerator the search targeted
+        merged.hardware = search.hardware
     cache_dir = (search.get("paths") or {}).get("cache_dir")
     if cache_dir is not None:  # the baseline the search compressed, wherever that run kept it
         merged.paths.cache_dir = cache_dir
@@ -367,6 +370,18 @@ def finetune(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, An
         out_dir: the run directory (Hydra's output dir under ``python -m``); resuming needs the same one.
     """
     out = Path(out_dir if out_dir is not None else (cfg.get("resume") or HydraConfig.get().runtime.output_dir))
+    if (out / "report.json").is_file():
+        if not cfg.get("overwrite", False):
+            raise AmcError(
+                f"{out} already holds a finished fine-tuning (report.json); write elsewhere (hydra.run.dir=...) "
+                "or pass overwrite=true to redo it"
+            )
+        log.warning("overwrite=true: redoing the fine-tuning in %s", out)
+        for name in ("report.json", "compressed.pt", "model.onnx", STATE_FILE):
+            (out / name).unlink(missing_ok=True)
+        for sub in out.glob("round*"):
+            if sub.is_dir():
+                shutil.rmtree(sub, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     policy_path, cfg, search = resolve_policy(cfg)
     if int(cfg.get("rounds", 1)) != 1:
@@ -381,6 +396,8 @@ def finetune(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, An
     dense.to(device).eval()
     graph = build_graph(dense, data.input_shape)
     policy = Policy.load(policy_path, graph)
+    accelerator = instantiate(cfg.hardware) if cfg.get("hardware") is not None else None
+    check_policy_budgets(policy_path, policy, graph, accelerator)
     calib = [
         x.to(device)
         for x, _ in data.calibration_batches(int(cc.calibration_batches), int(cc.calibration_batch_size), seed)
@@ -437,6 +454,34 @@ def finetune(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, An
     atomic_write_bytes(out / "report.json", json.dumps(report, indent=2).encode())
     print_report(report)
     return report
+
+
+def check_policy_budgets(path: Path, policy: Policy, graph: ModelGraph, accelerator: Any | None) -> None:
+    """Refuse a policy file whose recorded budgets its own configuration does not meet (edited by hand?).
+
+    Args:
+        path: the ``best_policy.json`` (its ``budgets``: ``{metric: {"target": ratio, ...}}``).
+        policy: the policy read from it.
+        graph: the dense model's graph.
+        accelerator: the hardware preset (needed to check latency/energy budgets).
+    """
+    try:
+        budgets = json.loads(path.read_text()).get("budgets") or {}
+        targets = {str(k): float(v["target"]) for k, v in budgets.items()}
+    except (OSError, json.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise AmcError(f"{path} has malformed budgets ({type(exc).__name__}); use a best_policy.json from amc") from exc
+    if accelerator is None:
+        targets = {k: v for k, v in targets.items() if k not in ("latency", "energy")}
+    if not targets:
+        return
+    ev = _evaluator(graph, accelerator)
+    got = ev.metrics(policy.kept, policy.w_bits, policy.a_bits, tuple(targets))
+    over = [f"{k} {got[k] / ev.dense[k]:.4f} > {t:g}" for k, t in targets.items() if got[k] / ev.dense[k] > t + 1e-9]
+    if over:
+        raise AmcError(
+            f"policy {path} breaks its own budgets ({', '.join(over)}): it was edited or belongs to other "
+            "hardware; use the best_policy.json the search wrote"
+        )
 
 
 def _evaluator(graph: ModelGraph, accelerator: Any | None) -> CostEvaluator:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -84,6 +85,19 @@ def prepare_run_dir(cfg: DictConfig) -> tuple[DictConfig, Path, Path | None]:
     """
     if not cfg.get("resume"):
         run_dir = Path(str(cfg.output_dir))
+        # A directory with episodes holds a search; one with only config.yaml failed before its first episode.
+        if (run_dir / "summary.json").is_file() or (run_dir / "episodes.csv").is_file():
+            state = "a finished search" if (run_dir / "summary.json").is_file() else "an unfinished search"
+            if not cfg.get("overwrite", False):
+                raise AmcError(
+                    f"{run_dir} already holds {state}; continue it with resume={run_dir}, write elsewhere "
+                    "(hydra.run.dir=...), or pass overwrite=true to replace it"
+                )
+            log.warning("overwrite=true: replacing %s in %s", state, run_dir)
+            for name in ("episodes.csv", "best_policy.json", "summary.json", "best_policy.png"):
+                (run_dir / name).unlink(missing_ok=True)
+            for sub in ("checkpoints", "tb"):
+                shutil.rmtree(run_dir / sub, ignore_errors=True)
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(run_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True).encode())
         return cfg, run_dir, None

@@ -129,6 +129,14 @@ class CompressionEnv(gym.Env):
         self.w_levels = bit_levels(int(w_bits[0]), int(w_bits[1]), allow_fp32) if self.quantize else [FP32]
         self.a_levels = bit_levels(int(a_bits[0]), int(a_bits[1]), allow_fp32) if self.quantize else [FP32]
 
+        accel = getattr(hardware, "accelerator", None)
+        limit = getattr(accel, "max_bits", None)
+        widest = max((b for b in self.w_levels + self.a_levels if b < FP32), default=None) if self.quantize else None
+        if limit is not None and widest is not None and widest > limit:
+            raise AmcError(
+                f"preset {accel.name!r} runs at most {limit}-bit integers but the bit range reaches {widest}; "
+                f"set env.w_bits and env.a_bits to at most {limit}"
+            )
         self.cost_model = CostModel(self.graph)
         self.evaluator = CostEvaluator(self.cost_model, hardware)
         self.wall = BudgetWall(self.evaluator, budgets or {})

@@ -44,6 +44,9 @@ def _positive(name: str, value: float) -> None:
 class Accelerator(ABC):
     """Base class: the shared roofline/energy pipeline around a dataflow-specific cycle count.
 
+    ``max_bits`` (``None``: no limit) is the widest quantized width a preset can run; the environment
+    refuses bit ranges beyond it instead of costing them at a width they would not run at.
+
     Args:
         name: preset name, for reports.
         frequency_hz: core clock.
@@ -59,6 +62,7 @@ class Accelerator(ABC):
     """
 
     kind: str = "abstract"
+    max_bits: int | None = None
 
     def __init__(
         self,
@@ -472,6 +476,11 @@ class FixedPrecisionNPU(Accelerator):
     """
 
     kind = "npu"
+
+    @property
+    def max_bits(self) -> int:
+        """Widest integer mode: wider requests would silently run (and be costed) at this width."""
+        return self.supported_bits[-1]
 
     def __init__(
         self,
