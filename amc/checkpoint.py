@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -63,6 +62,16 @@ def load_file(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise AmcError(f"checkpoint {path} does not exist; check the path or run `python -m amc.pretrain` first")
     try:
+        with path.open("rb") as fh:
+            magic = fh.read(2)
+    except OSError as exc:
+        raise AmcError(f"cannot read {path} ({exc.strerror}); check the file's permissions") from exc
+    if magic[:2] != b"PK" and magic[:1] != b"\x80":  # torch.save's zip container, or a legacy pickle
+        raise AmcError(
+            f"{path} is not a readable checkpoint: truncated, corrupt or another format (no torch.save header); "
+            "delete it and re-create it, or point to a file written by torch.save"
+        )
+    try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsupported object"
@@ -70,9 +79,10 @@ def load_file(path: str | Path) -> dict[str, Any]:
             f"{path} holds objects that are not plain tensors/containers and was refused for safety ({first[:120]}); "
             "only load checkpoints written by amc"
         ) from exc
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
+    except Exception as exc:  # noqa: BLE001 -- torch.load raises many types on non-checkpoint bytes
         raise AmcError(
-            f"checkpoint {path} is truncated or corrupt ({type(exc).__name__}); delete it and re-create it"
+            f"{path} is not a readable checkpoint: truncated, corrupt or another format ({type(exc).__name__}); "
+            "delete it and re-create it, or point to a file written by torch.save"
         ) from exc
     if not isinstance(obj, dict):
         raise AmcError(f"{path} is not an amc checkpoint (got {type(obj).__name__}); point to a file written by amc")
