@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch_pruning as tp
@@ -309,6 +310,87 @@ def build_dependency_graph(model: nn.Module, example: torch.Tensor) -> tp.Depend
         model.train(was_training)
 
 
+@torch.no_grad()
+def _check_routing(
+    model: nn.Module, units: list[Unit], groups: list[Group], modules: dict[str, nn.Module], example: torch.Tensor
+) -> None:
+    """Keep whole every group whose traced channel routing the real forward pass contradicts.
+
+    For each prunable group, a few channels of one producer are perturbed in turn and the input
+    columns of every consumer that change are compared with the columns the trace maps that channel
+    to. An op the tracer cannot follow (a channel shuffle, a reshape that mixes channels) shows up as a
+    mapped column that does not react; pruning such a group would silently route the wrong channels,
+    so it is marked not prunable, naming the consumer.
+    """
+    was_training = model.training
+    model.eval()
+    x = torch.randn(example.shape, generator=torch.Generator().manual_seed(0)).to(example.device)
+    captured: dict[str, torch.Tensor] = {}
+
+    def grab(name: str) -> Any:
+        def hook(_m: nn.Module, inputs: tuple) -> None:
+            captured[name] = inputs[0].detach().clone()
+
+        return hook
+
+    handles = [modules[u.name].register_forward_pre_hook(grab(u.name)) for u in units]
+    try:
+        model(x)
+        base = dict(captured)
+        for g in groups:
+            if not g.prunable or not g.producers:
+                continue
+            producer = modules[units[g.producers[0]].name]
+            for j in sorted({min(1, g.channels - 1), g.channels // 2, g.channels - 1}):
+                consumer = _misrouted(model, x, producer, j, g, units, captured, base)
+                if consumer is not None:
+                    g.prunable = False
+                    g.reason = (
+                        f"its channels reach {consumer!r} through an op the tracer cannot follow "
+                        "(e.g. a channel shuffle or a reshape across channels)"
+                    )
+                    break
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+
+
+def _misrouted(
+    model: nn.Module,
+    x: torch.Tensor,
+    producer: nn.Module,
+    j: int,
+    g: Group,
+    units: list[Unit],
+    captured: dict[str, torch.Tensor],
+    base: dict[str, torch.Tensor],
+) -> str | None:
+    """The first consumer of ``g`` whose mapped input columns for channel ``j`` do not react to it."""
+
+    def bump(_m: nn.Module, _i: tuple, out: torch.Tensor) -> torch.Tensor:
+        out = out.clone()
+        out[:, j] = out[:, j] + 10.0 * (1.0 + out[:, j].abs().max())
+        return out
+
+    h = producer.register_forward_hook(bump)
+    try:
+        captured.clear()
+        model(x)
+    finally:
+        h.remove()
+    for ci in g.consumers:
+        u = units[ci]
+        if u.depthwise or g.index not in u.in_map:
+            continue
+        cols, roots = u.in_map[g.index]
+        diff = (captured[u.name] - base[u.name]).abs()
+        changed = diff.flatten(2).amax(dim=(0, 2)) if diff.dim() > 2 else diff.amax(dim=0)
+        if any(float(changed[c]) == 0.0 for c, r in zip(cols, roots) if r == j):
+            return u.name
+    return None
+
+
 def build_graph(model: nn.Module, input_shape: tuple[int, ...] | list[int]) -> ModelGraph:
     """Trace ``model`` and return its compressible units and coupled channel groups.
 
@@ -402,6 +484,8 @@ def build_graph(model: nn.Module, input_shape: tuple[int, ...] | list[int]) -> M
                 if groups[gi].prunable:
                     groups[gi].prunable = False
                     groups[gi].reason = f"consumer {u.name!r} also reads channels from an untraced source"
+
+    _check_routing(model, units, groups, modules, example)
 
     total = sum(p.numel() for p in model.parameters())
     unit_params = sum(u.params for u in units)

@@ -46,3 +46,93 @@ class FlattenNet(nn.Module):
         x = torch.relu(self.bn(self.dw(x)))
         x = torch.relu(self.pw(x))
         return self.fc2(torch.relu(self.fc1(x.flatten(1))))
+
+
+class SENet(nn.Module):
+    """Conv + squeeze-and-excitation (the block's gate multiplies every channel) + conv + classifier."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(in_channels, 16, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.se_pool = nn.AdaptiveAvgPool2d(1)
+        self.se_fc1 = nn.Conv2d(16, 4, 1)
+        self.se_fc2 = nn.Conv2d(4, 16, 1)
+        self.c2 = nn.Conv2d(16, 24, 3, stride=2, padding=1)
+        self.fc = nn.Linear(24, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn1(self.c1(x)))
+        gate = torch.sigmoid(self.se_fc2(torch.relu(self.se_fc1(self.se_pool(x)))))
+        x = torch.relu(self.c2(x * gate))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+class MLP(nn.Module):
+    """Linear layers only (no convolution)."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10) -> None:
+        super().__init__()
+        self.flatten = nn.Flatten()
+        self.fc1 = nn.Linear(in_channels * 28 * 28, 64)
+        self.fc2 = nn.Linear(64, 32)
+        self.fc3 = nn.Linear(32, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc3(torch.relu(self.fc2(torch.relu(self.fc1(self.flatten(x))))))
+
+
+class Swish(nn.Module):
+    """A custom parameter-free op (not a layer amc knows)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(x)
+
+
+class CustomOpNet(nn.Module):
+    """Convs with non-compressible custom ops (an elementwise op and a channel shuffle) between them."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, shuffle: bool = False) -> None:
+        super().__init__()
+        self.shuffle = shuffle
+        self.c1 = nn.Conv2d(in_channels, 16, 3, padding=1)
+        self.act = Swish()
+        self.c2 = nn.Conv2d(16, 16, 3, stride=2, padding=1)
+        self.fc = nn.Linear(16, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.act(self.c1(x))
+        if self.shuffle:  # ShuffleNet's channel shuffle: a fixed permutation of channels between groups
+            n, c, h, w = x.shape
+            x = x.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
+        x = torch.relu(self.c2(x))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+class GroupedNet(nn.Module):
+    """A grouped conv with groups (2) != channels between two ordinary convs."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(in_channels, 8, 3, padding=1)
+        self.g = nn.Conv2d(8, 8, 3, padding=1, groups=2)
+        self.c3 = nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.fc = nn.Linear(16, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.g(torch.relu(self.c1(x))))
+        return self.fc(torch.relu(self.c3(x)).mean(dim=(2, 3)))
+
+
+class TwiceUsed(nn.Module):
+    """One conv module called twice in forward (weights shared between two positions)."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(in_channels, 8, 3, padding=1)
+        self.shared = nn.Conv2d(8, 8, 3, padding=1)
+        self.fc = nn.Linear(8, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.shared(torch.relu(self.shared(torch.relu(self.c1(x)))))
+        return self.fc(x.mean(dim=(2, 3)))
