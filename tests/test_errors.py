@@ -255,3 +255,34 @@ def test_overwrite_replaces_a_finished_search(world: Path, tmp_path: Path) -> No
     res = cli("amc.train", *train_args(world), f"hydra.run.dir={run}", "overwrite=true")
     assert res.returncode == 0, res.stderr[-3000:]
     assert json.loads((run / "summary.json").read_text())["episodes"] == 2
+
+
+def test_disk_full_during_a_checkpoint_keeps_the_previous_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+
+    from amc import utils
+    from amc.checkpoint import load_file
+    from amc.errors import AmcError
+
+    path = tmp_path / "state.pt"
+    utils.atomic_torch_save({"epoch": torch.tensor(1)}, path)
+    real_save = torch.save
+
+    def full_disk(obj, f, *a, **k):  # writes half a file, then the disk is full
+        real_save(obj, f, *a, **k)
+        Path(f).write_bytes(Path(f).read_bytes()[:10])
+        raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
+
+    monkeypatch.setattr(utils.torch, "save", full_disk)
+    with pytest.raises(AmcError, match=r"cannot write .*state.pt .*free disk space"):
+        utils.atomic_torch_save({"epoch": torch.tensor(2)}, path)
+    monkeypatch.setattr(utils.torch, "save", real_save)
+
+    def read_only(src, dst):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(utils.os, "replace", read_only)
+    with pytest.raises(AmcError, match="Read-only file system"):
+        utils.atomic_write_bytes(tmp_path / "report.json", b"{}")
+    assert int(load_file(path)["epoch"]) == 1  # the previous checkpoint is intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["state.pt"]  # no temp file, no half-written report
