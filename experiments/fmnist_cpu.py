@@ -9,7 +9,7 @@ Studies (each an ``amc.train -m`` sweep on the joblib launcher, one torch thread
 - ``prune50``: prune-only at 50% MACs, DDPG vs random vs uniform vs greedy at the same episode budget;
 - ``latency50``: 0.5x the float32 latency on ``bitfusion_edge``: joint vs prune-only vs quantize-only DDPG,
   and a uniform 4-bit policy;
-- ``pareto``: joint DDPG vs random search over latency budgets 0.3 ... 0.8 (one seed).
+- ``pareto``: joint DDPG vs random search over latency budgets 0.3, 0.5 and 0.7 (one seed).
 
 Runs go to ``experiments/runs/<model>/<study>/``; TensorBoard files and checkpoints there are git-ignored,
 the episode logs, best policies, summaries and fine-tuning reports are committed.
@@ -48,7 +48,7 @@ STUDIES = {
         ["budgets.latency=0.5", "agent=uniform", "env=quantize", "env.w_bits=[4,4]", "env.a_bits=[4,4]"],
     ],
     "pareto": [
-        ["env=joint", "agent=ddpg,random", "budgets.latency=0.3,0.4,0.5,0.6,0.8"],
+        ["env=joint", "agent=ddpg,random", "budgets.latency=0.3,0.5,0.7"],
     ],
 }
 FINETUNE = ["epochs=1", "export.latency_repeats=20", "export.onnx=false"]
