@@ -125,7 +125,7 @@ def load_compressed(path: str | Path, activation_quant: bool = True) -> tuple[nn
         raise AmcError(f"{path} is not an amc compressed model (no {FORMAT} header); point to a compressed.pt")
     model = instantiate(obj["arch"])
     model.eval()
-    graph = build_graph(model, obj["input_shape"])
+    graph = build_graph(model, obj["input_shape"], check_routing=False)  # replays indices chosen on a checked graph
     if len(obj["keep"]) != len(graph.groups):
         raise AmcError(f"{path} keeps channels of {len(obj['keep'])} groups, the model has {len(graph.groups)}")
     keep = [torch.as_tensor(idx, dtype=torch.int64) for idx in obj["keep"]]

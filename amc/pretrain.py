@@ -219,7 +219,9 @@ def load_or_pretrain(cfg: DictConfig, data: DataModule | None = None) -> tuple[n
     """
     data = data if data is not None else instantiate(cfg.data)
     model = instantiate(cfg.model)
-    build_graph(model, data.input_shape)  # fails early, with a clear message, on a wrong input shape
+    build_graph(
+        model, data.input_shape, check_routing=False
+    )  # fails early, with a clear message, on a wrong input shape
     weights = cfg.pretrain.get("weights")
     if weights:
         return model, load_user_weights(model, Path(str(weights)).expanduser())

@@ -46,7 +46,7 @@ def hardware_report(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[
     accelerator = build_accelerator(cfg.hardware)
     data = instantiate(cfg.data)
     model = instantiate(cfg.model)
-    graph = build_graph(model, data.input_shape)
+    graph = build_graph(model, data.input_shape, check_routing=False)  # units only
     hw = HardwareModel(accelerator, graph.units, batch=cfg.get("batch"))
     about = accelerator.describe()
     print("hardware: " + ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in about.items()))
