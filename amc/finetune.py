@@ -42,7 +42,7 @@ from amc.cli import run_cli
 from amc.compress import Compressor, Policy
 from amc.cost import FP32, CostModel
 from amc.data import DataModule
-from amc.envs.budget import CostEvaluator
+from amc.envs.budget import BudgetWall, CostEvaluator
 from amc.errors import AmcError
 from amc.evaluate import accuracy
 from amc.export import (
@@ -474,9 +474,8 @@ def check_policy_budgets(path: Path, policy: Policy, graph: ModelGraph, accelera
         targets = {k: v for k, v in targets.items() if k not in ("latency", "energy")}
     if not targets:
         return
-    ev = _evaluator(graph, accelerator)
-    got = ev.metrics(policy.kept, policy.w_bits, policy.a_bits, tuple(targets))
-    over = [f"{k} {got[k] / ev.dense[k]:.4f} > {t:g}" for k, t in targets.items() if got[k] / ev.dense[k] > t + 1e-9]
+    ratios = BudgetWall(_evaluator(graph, accelerator), targets).ratios(policy.kept, policy.w_bits, policy.a_bits)
+    over = [f"{k} {ratios[k]:.4f} > {t:g}" for k, t in targets.items() if ratios[k] > t + 1e-9]
     if over:
         raise AmcError(
             f"policy {path} breaks its own budgets ({', '.join(over)}): it was edited or belongs to other "
@@ -545,18 +544,22 @@ def iterate(cfg: DictConfig, out: Path, search_cfg: DictConfig | None) -> dict[s
     dense.to(device).eval()
     graph0 = build_graph(dense, data.input_shape)
     accelerator = instantiate(search_cfg.hardware) if search_cfg.get("hardware") is not None else None
-    original = _evaluator(graph0, accelerator).dense
+    ev0 = _evaluator(graph0, accelerator)
+    original = ev0.dense
+    achieved = BudgetWall(ev0, targets)  # ratios of the original model
     topk = (1, 5) if data.num_classes > 5 else (1,)
     acc_dense = accuracy(dense, data.test_loader(), device, topk)
     episodes = int(cfg.round_episodes) if cfg.get("round_episodes") else int(search_cfg.episodes)
 
     model: nn.Module = copy.deepcopy(dense)
+    kept_idx = [torch.arange(c) for c in graph0.full_channels()]  # the original channels ``model`` holds
     log_rows: list[dict[str, Any]] = []
     for r in range(1, rounds + 1):
         rdir = out / f"round{r}"
         done = rdir / "compressed.pt"
         if done.is_file() and (rdir / "round.json").is_file():
-            model, _ = load_compressed(done, activation_quant=False)
+            model, payload = load_compressed(done, activation_quant=False)
+            kept_idx = [torch.as_tensor(k, dtype=torch.int64) for k in payload["keep"]]
             log_rows.append(json.loads((rdir / "round.json").read_text()))
             log.info("round %d/%d already finished (%s)", r, rounds, done)
             continue
@@ -594,15 +597,9 @@ def iterate(cfg: DictConfig, out: Path, search_cfg: DictConfig | None) -> dict[s
             )
             strip_qat(compressed)
         test_after = accuracy(compressed, data.test_loader(), device, topk)["top1"]
-        prev_keep = payload_keep(model, graph, graph0, rdir)
-        keep = [p[k.to(p.device)] for p, k in zip(prev_keep, env.compressor.keep(policy))]
-        total = Policy([len(k) for k in keep], list(policy.w_bits), list(policy.a_bits))
-        ratios = {
-            k: v / original[k]
-            for k, v in _evaluator(graph0, accelerator)
-            .metrics(total.kept, total.w_bits, total.a_bits, tuple(targets))
-            .items()
-        }
+        kept_idx = [p[k.to(p.device)] for p, k in zip(kept_idx, env.compressor.keep(policy))]
+        total = Policy([len(k) for k in kept_idx], list(policy.w_bits), list(policy.a_bits))
+        ratios = achieved.ratios(total.kept, total.w_bits, total.a_bits)
         row = {
             "round": r,
             "budgets_of_current": budgets,
@@ -619,7 +616,7 @@ def iterate(cfg: DictConfig, out: Path, search_cfg: DictConfig | None) -> dict[s
             compressed,
             arch_spec(cfg.model),
             data.input_shape,
-            keep,
+            kept_idx,
             total.to_dict(graph0),
             {"baseline": base_meta.get("path"), "seed": seed, "round": r, "rounds": rounds},
         )
@@ -668,17 +665,6 @@ def iterate(cfg: DictConfig, out: Path, search_cfg: DictConfig | None) -> dict[s
     )
     print_report(report)
     return report
-
-
-def payload_keep(model: nn.Module, graph: ModelGraph, graph0: ModelGraph, rdir: Path) -> list[torch.Tensor]:
-    """Kept channel indices of the original model's groups that ``model`` (the previous round's result) holds."""
-    prev = rdir.parent / f"round{int(rdir.name[5:]) - 1}" / "compressed.pt"
-    if not prev.is_file():
-        return [torch.arange(c) for c in graph0.full_channels()]
-    keep = [torch.as_tensor(k, dtype=torch.int64) for k in load_file(prev)["keep"]]
-    if [len(k) for k in keep] != [int(c) for c in graph.full_channels()]:
-        raise AmcError(f"{prev} does not describe the model of round {rdir.name}; delete {rdir.parent} to start over")
-    return keep
 
 
 def export(
