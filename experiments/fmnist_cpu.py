@@ -1,7 +1,7 @@
 """The CPU reproduction runs of experiments/README.md: Fashion-MNIST, fmnist_cnn and ResNet-20 (28x28).
 
     python experiments/fmnist_cpu.py run STUDY [--model fmnist_cnn|resnet20] [--seeds 0,1,2] [--jobs 2]
-    python experiments/fmnist_cpu.py finetune STUDY [--model ...]   # the same short fine-tune of every best policy
+    python experiments/fmnist_cpu.py finetune STUDY [--model ...] [--jobs 2]  # one short fine-tune per best policy
     python experiments/fmnist_cpu.py tables                         # experiments/results/*.md and *.png
 
 Studies (each an ``amc.train -m`` sweep on the joblib launcher, one torch thread per job):
@@ -25,6 +25,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -97,16 +98,23 @@ def run_dirs(study: str, model: str) -> list[Path]:
     return sorted(p.parent for p in (RUNS / model / study).rglob("summary.json") if p.parent.name != "finetune")
 
 
-def finetune(study: str, model: str) -> None:
-    for d in run_dirs(study, model):
-        if (d / "finetune" / "report.json").is_file():
-            continue
+def finetune(study: str, model: str, jobs: int) -> None:
+    todo = [d for d in run_dirs(study, model) if not (d / "finetune" / "report.json").is_file()]
+
+    def one(d: Path) -> tuple[Path, int, float]:
         cmd = [sys.executable, "-m", "amc.finetune", f"policy={d}", *FINETUNE, f"hydra.run.dir={d / 'finetune'}"]
         print("+", " ".join(cmd), flush=True)
         t0 = time.perf_counter()
-        if subprocess.run(cmd, stdout=subprocess.DEVNULL).returncode != 0:
-            sys.exit(f"error: fine-tuning {d} failed")
-        print(f"  {time.perf_counter() - t0:.0f} s", flush=True)
+        rc = subprocess.run(cmd, stdout=subprocess.DEVNULL).returncode
+        return d, rc, time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=jobs) as pool:  # each job is its own process with one torch thread
+        for d, rc, seconds in pool.map(one, todo):
+            if rc != 0:
+                sys.exit(f"error: fine-tuning {d} failed")
+            print(f"  {d}: {seconds:.0f} s", flush=True)
+    print(f"finetune {study}/{model}: {len(todo)} runs, {time.perf_counter() - t0:.0f} s wall", flush=True)
 
 
 def load(study: str, model: str) -> list[dict]:
@@ -236,7 +244,7 @@ def main() -> None:
     if a.command == "run":
         sweep(a.study, a.model, a.seeds, a.jobs)
     elif a.command == "finetune":
-        finetune(a.study, a.model)
+        finetune(a.study, a.model, a.jobs)
     else:
         tables()
 
