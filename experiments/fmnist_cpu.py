@@ -2,7 +2,7 @@
 
     python experiments/fmnist_cpu.py run STUDY [--model fmnist_cnn|resnet20] [--seeds 0,1,2] [--jobs 2]
     python experiments/fmnist_cpu.py finetune STUDY [--model ...] [--jobs 2]  # one short fine-tune per best policy
-    python experiments/fmnist_cpu.py tables                         # experiments/results/*.md and *.png
+    python experiments/fmnist_cpu.py tables       # experiments/results/: tables.md, pareto plots, amc.report output
 
 Studies (each an ``amc.train -m`` sweep on the joblib launcher, one torch thread per job):
 
@@ -227,6 +227,10 @@ def tables() -> None:
             out += [f"## {model}: latency budget sweep (joint, seeds {seeds})\n"]
             out += [table(rows, ("budget_latency", "agent"), ("latency", "energy")), ""]
             pareto_plot(rows, RESULTS / f"pareto_{model}.png", f"{model}, Fashion-MNIST, joint search")
+            # amc.report's generic view of the same runs: every run a point, each agent's front a line
+            from amc.report import report
+
+            report(RUNS / model / "pareto", RESULTS / f"amc_report_pareto_{model}")
     (RESULTS / "tables.md").write_text("\n".join(out))
     print("\n".join(out))
 
