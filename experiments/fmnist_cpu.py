@@ -60,11 +60,13 @@ STUDIES = {
 FINETUNE = ["epochs=1", "export.latency_repeats=20", "export.onnx=false"]
 
 
-def sweep(study: str, model: str, seeds: str | None, jobs: int) -> None:
+def sweep(study: str, model: str, seeds: str | None, jobs: int, grids: list[int] | None = None) -> None:
     m = MODELS[model]
     root = RUNS / model / study
     seed_list = seeds or (m["pareto_seeds"] if study == "pareto" else "0,1,2")
     for i, grid in enumerate(STUDIES[study]):
+        if grids is not None and i not in grids:
+            continue
         if (root / f"sweep{i}" / "multirun.yaml").is_file():
             print(f"sweep {study}/{model}/{i}: {root / f'sweep{i}'} exists, skipped (delete it to re-run)", flush=True)
             continue
@@ -242,11 +244,12 @@ def main() -> None:
     p.add_argument("--model", default="fmnist_cnn", choices=sorted(MODELS))
     p.add_argument("--seeds", default=None, help="default: 0,1,2 (pareto: the model's pareto_seeds)")
     p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--grid", type=int, action="append", help="run only this grid of the study (repeatable)")
     a = p.parse_args()
     if a.command != "tables" and a.study is None:
         p.error("run and finetune need a study")
     if a.command == "run":
-        sweep(a.study, a.model, a.seeds, a.jobs)
+        sweep(a.study, a.model, a.seeds, a.jobs, a.grid)
     elif a.command == "finetune":
         finetune(a.study, a.model, a.jobs)
     else:
