@@ -174,7 +174,11 @@ def table(rows: list[dict], keys: tuple[str, ...], ratio_names: tuple[str, ...])
     return "\n".join(lines)
 
 
-def pareto_plot(rows: list[dict], path: Path, title: str) -> None:
+def pareto_plot(rows: list[dict], path: Path, title: str, references: list[dict] | None = None) -> None:
+    """Test accuracy against achieved latency, per agent (mean ± std over seeds at each budget).
+
+    ``references``: other runs drawn as single points (the latency50 uniform 4-bit policy).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -198,13 +202,23 @@ def pareto_plot(rows: list[dict], path: Path, title: str) -> None:
         ax.errorbar(
             [p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker=marker, capsize=3, label=label
         )
+    for agent in sorted({r["agent"] for r in references or []}):
+        rs = [r for r in references or [] if r["agent"] == agent]
+        ax.plot(
+            [r["ratios"]["latency"] for r in rs],
+            [r["test"] for r in rs],
+            "*",
+            ms=10,
+            ls="none",
+            label=f"{agent} (latency50 runs)",
+        )
     for r in rows[:1]:
         ax.axhline(r["dense_test"], color="gray", ls="--", lw=1, label="float32 baseline")
     ax.set_xlabel("achieved latency / float32 latency (bitfusion_edge)")
     ax.set_ylabel("test top-1 (%) of the best policy")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -228,7 +242,8 @@ def tables() -> None:
             seeds = ",".join(sorted({str(r["seed"]) for r in rows}))
             out += [f"## {model}: latency budget sweep (joint, seeds {seeds})\n"]
             out += [table(rows, ("budget_latency", "agent"), ("latency", "energy")), ""]
-            pareto_plot(rows, RESULTS / f"pareto_{model}.png", f"{model}, Fashion-MNIST, joint search")
+            refs = [r for r in load("latency50", model) if r["agent"] == "uniform 4-bit"]
+            pareto_plot(rows, RESULTS / f"pareto_{model}.png", f"{model}, Fashion-MNIST, joint search", refs)
             # amc.report's generic view of the same runs: every run a point, each agent's front a line
             from amc.report import report
 
