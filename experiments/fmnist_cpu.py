@@ -158,14 +158,19 @@ def ms(values: list[float | None], digits: int = 2) -> str:
     return f"{statistics.mean(v):.{digits}f} ± {statistics.stdev(v):.{digits}f}"
 
 
-def table(rows: list[dict], keys: tuple[str, ...], ratio_names: tuple[str, ...]) -> str:
+def table(rows: list[dict], keys: tuple[str, ...], ratio_names: tuple[str, ...], by_key: bool = False) -> str:
+    """A markdown table, one line per group of ``keys``: best search accuracy first (``by_key``: by key)."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
         groups[tuple(r[k] for k in keys)].append(r)
     head = [*keys, "seeds", "search acc (%)", "test acc (%)", "after 1-epoch fine-tune (%)"]
     head += [f"{n} ratio" for n in ratio_names] + ["episodes", "time per run (s)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for key, rs in sorted(groups.items(), key=lambda kv: -statistics.mean(r["search"] for r in kv[1])):
+
+    def order(kv: tuple[tuple, list[dict]]) -> tuple:
+        return kv[0] if by_key else (-statistics.mean(r["search"] for r in kv[1]),)
+
+    for key, rs in sorted(groups.items(), key=order):
         cells = [*map(str, key), str(len(rs)), ms([r["search"] for r in rs]), ms([r["test"] for r in rs])]
         cells.append(ms([r["ft"] for r in rs]))
         cells += [ms([r["ratios"].get(n) for r in rs], 3) for n in ratio_names]
@@ -241,7 +246,7 @@ def tables() -> None:
                 r["budget_latency"] = r["budget"]["latency"]
             seeds = ",".join(sorted({str(r["seed"]) for r in rows}))
             out += [f"## {model}: latency budget sweep (joint, seeds {seeds})\n"]
-            out += [table(rows, ("budget_latency", "agent"), ("latency", "energy")), ""]
+            out += [table(rows, ("budget_latency", "agent"), ("latency", "energy"), by_key=True), ""]
             refs = [r for r in load("latency50", model) if r["agent"] == "uniform 4-bit"]
             pareto_plot(rows, RESULTS / f"pareto_{model}.png", f"{model}, Fashion-MNIST, joint search", refs)
             # amc.report's generic view of the same runs: every run a point, each agent's front a line
