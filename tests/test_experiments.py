@@ -137,3 +137,54 @@ def test_paper_runner_searches_finetunes_and_reports(stand_in: Path, tmp_path: P
     # The fine-tune compressed the very baseline the search used (from the search's cache dir).
     meta = torch.load(run_dir / "finetune" / "compressed.pt", weights_only=True)["meta"]
     assert Path(meta["baseline"]).resolve().is_relative_to(stand_in.resolve()), meta
+
+
+def _fmnist_cpu():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("fmnist_cpu", REPO / "experiments" / "fmnist_cpu.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("model", ["fmnist_cnn", "resnet20"])
+def test_cpu_tables_match_the_committed_runs(model, tmp_path):
+    """The committed CPU runs aggregate into the tables and plots of experiments/README.md.
+
+    Each table cell is recomputed here from the runs' own summary.json files, and every table line
+    printed in experiments/README.md must be what the driver makes of the committed logs.
+    """
+    import statistics
+
+    f = _fmnist_cpu()
+    readme = (REPO / "experiments" / "README.md").read_text()
+    for study, keys, ratios in (
+        ("prune50", ("agent",), ("macs",)),
+        ("latency50", ("agent", "mode"), ("latency", "energy", "macs", "size")),
+    ):
+        rows = f.load(study, model)
+        assert len(rows) == 12, (study, model)  # 3 seeds x 4 agents / modes
+        lines = f.table(rows, keys, ratios).splitlines()[2:]
+        assert len(lines) == 4
+        for line in lines:
+            assert line in readme, line
+        ddpg = [
+            json.loads((d / "summary.json").read_text())["best_accuracy"]
+            for d in f.run_dirs(study, model)
+            if json.loads((d / "best_policy.json").read_text())["agent"] == "ddpg"
+            and (study == "prune50" or "mode: quantize" in (d / "config.yaml").read_text())
+        ]
+        assert len(ddpg) == 3
+        want = f"{statistics.mean(100 * a for a in ddpg):.2f} ± {statistics.stdev(100 * a for a in ddpg):.2f}"
+        assert any(line.startswith("| ddpg |") and want in line for line in lines)
+    rows = f.load("pareto", model)
+    for r in rows:
+        r["budget_latency"] = r["budget"]["latency"]
+    for line in f.table(rows, ("budget_latency", "agent"), ("latency", "energy"), by_key=True).splitlines()[2:]:
+        assert line in readme, line
+    refs = [r for r in f.load("latency50", model) if r["agent"] == "uniform 4-bit"]
+    png = tmp_path / "pareto.png"
+    f.pareto_plot(rows, png, model, refs)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
