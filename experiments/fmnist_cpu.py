@@ -134,7 +134,7 @@ def load(study: str, model: str) -> list[dict]:
                 "agent": best["agent"] + (" 4-bit" if bits4 else ""),
                 "mode": mode,
                 "seed": best["seed"],
-                "budget": best["budget_targets"],
+                "budget_latency": best["budget_targets"].get("latency"),
                 "search": 100 * summary["best_accuracy"],
                 "test": 100 * summary["test_accuracy"] if summary["test_accuracy"] is not None else None,
                 "ft": 100 * rep["accuracy"]["after_finetune"]["top1"] if rep else None,
@@ -158,11 +158,17 @@ def ms(values: list[float | None], digits: int = 2) -> str:
     return f"{statistics.mean(v):.{digits}f} ± {statistics.stdev(v):.{digits}f}"
 
 
-def table(rows: list[dict], keys: tuple[str, ...], ratio_names: tuple[str, ...], by_key: bool = False) -> str:
-    """A markdown table, one line per group of ``keys``: best search accuracy first (``by_key``: by key)."""
+def group(rows: list[dict], keys: tuple[str, ...]) -> dict[tuple, list[dict]]:
+    """The rows grouped by their values of ``keys`` (one group per setting; its rows are the seeds)."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in rows:
         groups[tuple(r[k] for k in keys)].append(r)
+    return groups
+
+
+def table(rows: list[dict], keys: tuple[str, ...], ratio_names: tuple[str, ...], by_key: bool = False) -> str:
+    """A markdown table, one line per group of ``keys``: best search accuracy first (``by_key``: by key)."""
+    groups = group(rows, keys)
     head = [*keys, "seeds", "search acc (%)", "test acc (%)", "after 1-epoch fine-tune (%)"]
     head += [f"{n} ratio" for n in ratio_names] + ["episodes", "time per run (s)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -191,10 +197,7 @@ def pareto_plot(rows: list[dict], path: Path, title: str, references: list[dict]
 
     fig, ax = plt.subplots(figsize=(5.5, 3.8))
     for agent, marker in (("ddpg", "o"), ("random", "s")):
-        by_budget: dict[float, list[dict]] = defaultdict(list)
-        for r in rows:
-            if r["agent"] == agent:
-                by_budget[r["budget_latency"]].append(r)
+        by_budget = group([r for r in rows if r["agent"] == agent], ("budget_latency",))
         if not by_budget:
             continue
         pts = []  # per budget: mean achieved latency, mean and std (over seeds) of test accuracy
@@ -207,8 +210,7 @@ def pareto_plot(rows: list[dict], path: Path, title: str, references: list[dict]
         ax.errorbar(
             [p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker=marker, capsize=3, label=label
         )
-    for agent in sorted({r["agent"] for r in references or []}):
-        rs = [r for r in references or [] if r["agent"] == agent]
+    for (agent,), rs in sorted(group(references or [], ("agent",)).items()):
         ax.plot(
             [r["ratios"]["latency"] for r in rs],
             [r["test"] for r in rs],
@@ -231,6 +233,8 @@ def pareto_plot(rows: list[dict], path: Path, title: str, references: list[dict]
 
 
 def tables() -> None:
+    from amc.report import report
+
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = []
     for model in MODELS:
@@ -242,16 +246,12 @@ def tables() -> None:
             out += [table(rows, ("agent", "mode"), ("latency", "energy", "macs", "size")), ""]
         if run_dirs("pareto", model):
             rows = load("pareto", model)
-            for r in rows:
-                r["budget_latency"] = r["budget"]["latency"]
             seeds = ",".join(sorted({str(r["seed"]) for r in rows}))
             out += [f"## {model}: latency budget sweep (joint, seeds {seeds})\n"]
             out += [table(rows, ("budget_latency", "agent"), ("latency", "energy"), by_key=True), ""]
             refs = [r for r in load("latency50", model) if r["agent"] == "uniform 4-bit"]
             pareto_plot(rows, RESULTS / f"pareto_{model}.png", f"{model}, Fashion-MNIST, joint search", refs)
             # amc.report's generic view of the same runs: every run a point, each agent's front a line
-            from amc.report import report
-
             report(RUNS / model / "pareto", RESULTS / f"amc_report_pareto_{model}")
     (RESULTS / "tables.md").write_text("\n".join(out))
     print("\n".join(out))
