@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_module
-from test_pretrain import make_fmnist
+from test_pretrain import make_fmnist, tiny_data_args
 
 from amc.finetune import finetune
 from amc.models import build_model
@@ -30,14 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def data_args(root: Path) -> list[str]:
-    return [
-        f"paths.root_dir={root}",
-        f"data.root={root / 'fm'}",
-        "data.search_size=100",
-        "data.batch_size=64",
-        "data.eval_batch_size=200",
-        "pretrain.epochs=1",
-    ]
+    return [*tiny_data_args(root), "data.eval_batch_size=200"]
 
 
 def train_args(root: Path) -> list[str]:

@@ -15,7 +15,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
-from test_pretrain import make_fmnist
+from test_pretrain import make_fmnist, tiny_data_args
 from torch import nn
 
 from amc.compress import Compressor, Policy
@@ -33,12 +33,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def overrides(root: Path, policy: Path, *extra: str) -> list[str]:
     return [
-        f"paths.root_dir={root}",
-        f"data.root={root / 'fm'}",
-        "data.search_size=100",
-        "data.batch_size=64",
+        *tiny_data_args(root),
         "data.eval_batch_size=200",
-        "pretrain.epochs=1",
         "compress.calibration_batches=2",
         "compress.calibration_batch_size=32",
         "export.latency_repeats=3",
@@ -213,12 +209,8 @@ def search_run(setup: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
         cfg = compose(
             "train",
             overrides=[
-                f"paths.root_dir={root}",
-                f"data.root={root / 'fm'}",
-                "data.search_size=100",
-                "data.batch_size=64",
+                *tiny_data_args(root),
                 "data.eval_batch_size=200",
-                "pretrain.epochs=1",
                 "env=prune",
                 "env.selection=l2",
                 "env.reconstruction=true",

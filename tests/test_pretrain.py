@@ -39,16 +39,19 @@ def make_fmnist(root: Path, n_train: int = 600, n_test: int = 200, seed: int = 0
     return root
 
 
-def overrides(tmp: Path, *extra: str) -> list[str]:
+def tiny_data_args(root: Path, epochs: int = 1) -> list[str]:
+    """Overrides pointing a command at the stand-in ``make_fmnist(root / 'fm')``, with its own cache in ``root``."""
     return [
-        f"paths.root_dir={tmp}",
-        f"data.root={tmp / 'fm'}",
+        f"paths.root_dir={root}",
+        f"data.root={root / 'fm'}",
         "data.search_size=100",
         "data.batch_size=64",
-        "pretrain.epochs=2",
-        "pretrain.lr=0.05",
-        *extra,
+        f"pretrain.epochs={epochs}",
     ]
+
+
+def overrides(tmp: Path, *extra: str) -> list[str]:
+    return [*tiny_data_args(tmp, epochs=2), "pretrain.lr=0.05", *extra]
 
 
 def compose_cfg(tmp: Path, *extra: str):

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
-from test_pretrain import make_fmnist
+from test_pretrain import make_fmnist, tiny_data_args
 
 from amc.compress import Policy
 from amc.errors import AmcError
@@ -33,11 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 def tiny(root: Path) -> list[str]:
     """Overrides for the tiny data under ``root`` (its own cache)."""
     return [
-        f"paths.root_dir={root}",
-        f"data.root={root / 'fm'}",
-        "data.search_size=100",
-        "data.batch_size=64",
-        "pretrain.epochs=3",
+        *tiny_data_args(root, epochs=3),
         "env.calibration_batches=2",
         "env.calibration_batch_size=32",
         "callbacks.progress_bar=false",
