@@ -8,6 +8,7 @@ from amc.agents.base import Agent, CallbackList, EpisodeRecord, SearchCallback, 
 from amc.agents.baselines import GreedySearch, RandomSearch, UniformSearch
 from amc.agents.buffers import EpisodeRewardReplayBuffer
 from amc.agents.ddpg import DDPGAgent
+from amc.agents.ilp import ILPSearch
 from amc.agents.noise import TruncatedNormalNoise
 from amc.agents.policies import ActorCriticLrPolicy, ScaledLrAdam
 
@@ -19,6 +20,7 @@ __all__ = [
     "EpisodeRecord",
     "EpisodeRewardReplayBuffer",
     "GreedySearch",
+    "ILPSearch",
     "RandomSearch",
     "ScaledLrAdam",
     "SearchCallback",
