@@ -6,7 +6,8 @@ A checkpoint is a plain dict that ``torch.load(..., weights_only=True)`` accepts
 "meta": {...}}``
 
 ``arch`` is the model's Hydra config (resolved), so a checkpoint rebuilds its own model and a model
-built from another config is caught before any weight is copied.
+built from another config is caught before any weight is copied. ``arch`` is built only when its
+``_target_`` is trusted (:mod:`amc.trust`): a file can name any callable.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from hydra.utils import instantiate
 from torch import nn
 
 from amc.errors import AmcError
+from amc.trust import check_targets
 from amc.utils import atomic_torch_save
 
 FORMAT = "amc-checkpoint-v1"
@@ -107,13 +109,18 @@ def load_checkpoint(path: str | Path, expect_arch: Mapping[str, Any] | None = No
     return obj
 
 
-def build_model_from_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+def build_model_from_checkpoint(
+    path: str | Path, trust_targets: Iterable[str] = ()
+) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model a checkpoint describes and load its weights.
 
     Args:
         path: the checkpoint file.
+        trust_targets: ``_target_`` names to build besides amc's own models (see :mod:`amc.trust`),
+            e.g. ``("my.pkg.Net",)`` for a checkpoint of your own model.
     """
     ckpt = load_checkpoint(path)
+    check_targets(ckpt["arch"], path, trust_targets)
     model = instantiate(ckpt["arch"])
     load_state(model, ckpt["state_dict"], str(path))
     return model, ckpt

@@ -2,9 +2,10 @@
 
 A compressed checkpoint rebuilds the *pruned* architecture without pickled classes: it stores the
 dense model's spec (``arch``), the kept channel indices of every group and the activation quantizer
-ranges. :func:`load_compressed` instantiates the dense model, prunes it with the same indices
-(torch-pruning, :func:`amc.pruning.prune_model`), loads the state dict (``weights_only=True``) and
-re-attaches the quantizers, so the reloaded model computes exactly what was saved::
+ranges. :func:`load_compressed` instantiates the dense model (only a ``_target_`` that :mod:`amc.trust`
+trusts), prunes it with the same indices (torch-pruning, :func:`amc.pruning.prune_model`), loads the
+state dict (``weights_only=True``) and re-attaches the quantizers, so the reloaded model computes
+exactly what was saved::
 
     {"format": "amc-compressed-v1", "arch": {...}, "input_shape": [C, H, W], "keep": [[i, ...], ...],
      "policy": {...}, "activation_quant": {unit_name: {"bits", "max_abs", "signed"}}, "state_dict": ...,
@@ -17,7 +18,7 @@ import logging
 import statistics
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from amc.errors import AmcError
 from amc.graph import build_graph
 from amc.pruning import prune_model
 from amc.quantize import ActivationQuantizer
+from amc.trust import check_targets
 from amc.utils import atomic_torch_save
 
 log = logging.getLogger(__name__)
@@ -112,17 +114,22 @@ def save_compressed(
     )
 
 
-def load_compressed(path: str | Path, activation_quant: bool = True) -> tuple[nn.Module, dict[str, Any]]:
+def load_compressed(
+    path: str | Path, activation_quant: bool = True, trust_targets: Iterable[str] = ()
+) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a model saved by :func:`save_compressed` (in eval mode, on CPU).
 
     Args:
         path: the file.
         activation_quant: re-attach the activation quantizers (``False``: the plain float graph, e.g. for
             ONNX or latency measurements).
+        trust_targets: ``_target_`` names to build besides amc's own models (see :mod:`amc.trust`),
+            e.g. ``("my.pkg.Net",)`` for a compressed model of your own architecture.
     """
     obj = load_file(path)
     if obj.get("format") != FORMAT or not {"arch", "keep", "state_dict", "input_shape"} <= obj.keys():
         raise AmcError(f"{path} is not an amc compressed model (no {FORMAT} header); point to a compressed.pt")
+    check_targets(obj["arch"], path, trust_targets)
     model = instantiate(obj["arch"])
     model.eval()
     graph = build_graph(model, obj["input_shape"], check_routing=False)  # replays indices chosen on a checked graph
