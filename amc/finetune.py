@@ -2,8 +2,9 @@
 
 The path, top to bottom (:func:`finetune`):
 
-1. the search's options (model, data, compressor settings, seed) from ``<run_dir>/.hydra/config.yaml``
-   when there is one, else from this config;
+1. the search's options (model, data, compressor settings, seed) from ``<run_dir>/config.yaml``
+   (else ``.hydra/config.yaml``) when there is one, else from this config; a search config is built
+   only if every ``_target_`` in it is trusted (:mod:`amc.trust`);
 2. the cached pretrained baseline, the same calibration batches as the search, and
    :meth:`amc.compress.Compressor.apply` -- so fine-tuning starts from exactly the model the reward saw;
 3. fine-tuning: SGD + cosine, quantization-aware (float shadow weights, re-quantized every step with a
@@ -23,6 +24,7 @@ import logging
 import math
 import shutil
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +62,7 @@ from amc.graph import ModelGraph, build_graph
 from amc.hardware import HardwareModel
 from amc.pretrain import arch_spec, load_or_pretrain, train_epoch
 from amc.quantize import quantize_weight
+from amc.trust import check_targets, targets_in, trusted_names
 from amc.utils import atomic_torch_save, atomic_write_bytes, resolve_device
 
 log = logging.getLogger(__name__)
@@ -291,11 +294,15 @@ def train(
 SEARCH_CONFIGS = ("config.yaml", ".hydra/config.yaml")  # amc.train's resolved copy first, then Hydra's
 
 
-def search_config(policy_path: Path) -> DictConfig | None:
+def search_config(policy_path: Path, trust_targets: Iterable[str] | None = ()) -> DictConfig | None:
     """The config of the ``amc.train`` run that wrote ``policy_path`` (``None`` when there is none beside it).
+
+    Its model, data, hardware, agent, env and reward are built later, so every ``_target_`` in it must be
+    trusted (:mod:`amc.trust`); the file's own ``trust_targets`` does not count.
 
     Args:
         policy_path: a ``best_policy.json``.
+        trust_targets: ``_target_`` names to build besides amc's own components (the command line's).
     """
     for name in SEARCH_CONFIGS:
         path = policy_path.parent / name
@@ -306,6 +313,7 @@ def search_config(policy_path: Path) -> DictConfig | None:
         except Exception as exc:  # noqa: BLE001 -- any YAML/OmegaConf failure means the file is unusable
             raise AmcError(f"search config {path} is unreadable ({type(exc).__name__}); restore or delete it") from exc
         if isinstance(loaded, DictConfig) and "env" in loaded and "agent" in loaded and "model" in loaded:
+            check_targets(loaded, path, trust_targets)
             log.info("model/data/compressor options from the search config %s", path)
             return loaded
     return None
@@ -329,7 +337,7 @@ def resolve_policy(cfg: DictConfig) -> tuple[Path, DictConfig, DictConfig | None
         path = path / "best_policy.json"
     if not path.is_file():
         raise AmcError(f"policy {path} does not exist; point policy= to a search run dir or a best_policy.json")
-    search = search_config(path)
+    search = search_config(path, cfg.get("trust_targets"))
     if search is None:
         log.info("no search config beside %s: model/data/compressor options come from this config", path)
         return path, cfg, None
@@ -352,6 +360,19 @@ def resolve_policy(cfg: DictConfig) -> tuple[Path, DictConfig, DictConfig | None
                 merged.compress[key] = node[key]
                 break
     return path, merged, search
+
+
+def trusted_targets(cfg: DictConfig) -> tuple[str, ...]:
+    """What a compressed file of this run may name: the command line's ``trust_targets`` and the model's targets.
+
+    ``cfg.model`` came from the command line or from a search config that passed :func:`search_config`'s
+    check, and it has been built already; a ``compressed.pt`` of this run (or a round of an interrupted
+    one) naming anything else is refused.
+
+    Args:
+        cfg: the finetune config, merged with the search's options.
+    """
+    return (*trusted_names(cfg.get("trust_targets")), *targets_in(cfg.model))
 
 
 def _sim(hw: HardwareModel | None, cost_model: CostModel, kept: list[int], w: list[int], a: list[int]) -> dict:
@@ -558,7 +579,7 @@ def iterate(cfg: DictConfig, out: Path, search_cfg: DictConfig | None) -> dict[s
         rdir = out / f"round{r}"
         done = rdir / "compressed.pt"
         if done.is_file() and (rdir / "round.json").is_file():
-            model, payload = load_compressed(done, activation_quant=False)
+            model, payload = load_compressed(done, activation_quant=False, trust_targets=trusted_targets(cfg))
             kept_idx = [torch.as_tensor(k, dtype=torch.int64) for k in payload["keep"]]
             log_rows.append(json.loads((rdir / "round.json").read_text()))
             log.info("round %d/%d already finished (%s)", r, rounds, done)
@@ -625,9 +646,9 @@ def iterate(cfg: DictConfig, out: Path, search_cfg: DictConfig | None) -> dict[s
         log.info(
             "round %d/%d: test %.4f before, %.4f after fine-tuning; %s", r, rounds, test_before, test_after, ratios
         )
-        model, _ = load_compressed(done, activation_quant=False)
+        model, _ = load_compressed(done, activation_quant=False, trust_targets=trusted_targets(cfg))
 
-    final, payload = load_compressed(out / f"round{rounds}" / "compressed.pt")
+    final, payload = load_compressed(out / f"round{rounds}" / "compressed.pt", trust_targets=trusted_targets(cfg))
     keep = [torch.as_tensor(k, dtype=torch.int64) for k in payload["keep"]]
     policy = Policy.from_dict(payload["policy"], graph0)
     report = export(cfg, out, final, dense, graph0, policy, keep, data, payload["policy"], base_meta)
@@ -692,7 +713,7 @@ def export(
         policy_dict,
         {"baseline": base_meta.get("path"), "seed": int(cfg.seed)},
     )
-    reloaded, _ = load_compressed(path)
+    reloaded, _ = load_compressed(path, trust_targets=trusted_targets(cfg))
     x = next(iter(data.test_loader()))[0][:8]
     with torch.no_grad():
         if not torch.equal(reloaded(x), model(x)):
@@ -701,7 +722,7 @@ def export(
     expected = cost_model.cost(policy.kept, policy.w_bits, policy.a_bits)
     measured = measure_cost(reloaded, data.input_shape)
     check_cost(measured, {"macs": expected.macs, "params": expected.params}, f"exported model {path}")
-    float_model, _ = load_compressed(path, activation_quant=False)
+    float_model, _ = load_compressed(path, activation_quant=False, trust_targets=trusted_targets(cfg))
     onnx_path = out / "model.onnx"
     onnx_ok = bool(cfg.export.onnx) and export_onnx(float_model, onnx_path, data.input_shape)
 

@@ -10,7 +10,8 @@ model, reward, budgets) -> agent -> callbacks -> outputs. Everything goes into t
 - ``summary.json`` and ``best_policy.png``; the summary table is printed at the end.
 
 ``python -m amc.train resume=<run_dir>`` continues an interrupted search from its last checkpoint
-with the run's saved config and ends with the same best policy as an uninterrupted run.
+with the run's saved config and ends with the same best policy as an uninterrupted run; the saved
+config is built only if every ``_target_`` in it is trusted (:mod:`amc.trust`).
 """
 
 from __future__ import annotations
@@ -44,13 +45,25 @@ from amc.envs import CompressionEnv
 from amc.errors import AmcError
 from amc.evaluate import accuracy
 from amc.pretrain import load_or_pretrain
+from amc.trust import check_targets
 from amc.utils import atomic_write_bytes, resolve_device
 
 log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.yaml"
 # Keys that do not change what a search finds (left out of the config hash).
-UNHASHED = ("paths", "output_dir", "resume", "threads", "device", "callbacks", "task_name", "finetune", "paper")
+UNHASHED = (
+    "paths",
+    "output_dir",
+    "resume",
+    "threads",
+    "device",
+    "trust_targets",
+    "callbacks",
+    "task_name",
+    "finetune",
+    "paper",
+)
 
 
 def _name(node: Any) -> str | None:
@@ -110,8 +123,11 @@ def prepare_run_dir(cfg: DictConfig) -> tuple[DictConfig, Path, Path | None]:
         )
     checkpoint = latest_checkpoint(run_dir)
     resumed = OmegaConf.load(saved)
-    assert isinstance(resumed, DictConfig)
-    for key in ("threads", "device"):  # machine settings may change between the runs
+    if not isinstance(resumed, DictConfig):
+        raise AmcError(f"{saved} is not an amc.train config (no mapping); pass the run directory of a search")
+    # The saved config names what gets built; only the command line says which foreign targets to trust.
+    check_targets(resumed, saved, cfg.get("trust_targets"))
+    for key in ("threads", "device", "trust_targets"):  # machine settings may change between the runs
         resumed[key] = cfg.get(key)
     resumed.resume = str(run_dir)
     log.info("resuming %s from %s with the run's saved config", run_dir, checkpoint.name)
