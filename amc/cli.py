@@ -1,18 +1,33 @@
-"""What every ``python -m amc.X`` entry point shares: logging, threads, seed, and one-line errors."""
+"""What every ``python -m amc.X`` entry point shares: config checks, logging, threads, seed, one-line errors.
+
+A bad config value, an :class:`AmcError`, Ctrl-C (SIGINT) and SIGTERM all end a command with one line
+on stderr and a non-zero exit status (2 for the user's input; 130/143 for the signals, with how to
+continue), never a traceback.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from amc.errors import AmcError
+from amc.schema import check_config
 from amc.utils import seed_everything, set_threads
 
 log = logging.getLogger("amc")
+
+
+class Interrupted(BaseException):
+    """SIGTERM, raised like Ctrl-C's ``KeyboardInterrupt`` so that atomic writes clean up on the way out."""
 
 
 def setup_run(cfg: DictConfig) -> None:
@@ -25,16 +40,46 @@ def setup_run(cfg: DictConfig) -> None:
     seed_everything(int(cfg.get("seed", 0)))
 
 
+def _fail(message: str, status: int = 2) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(status)
+
+
+def continue_hint(cfg: DictConfig) -> str:
+    """How to continue an interrupted command (for the one line printed on SIGINT/SIGTERM)."""
+    task = str(cfg.get("task_name") or "")
+    run_dir = cfg.get("resume") or (HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else None)
+    if task == "train" and run_dir:
+        return f"continue it with `python -m amc.train resume={run_dir}`"
+    if task == "finetune" and run_dir:
+        return f"continue it with `python -m amc.finetune <same arguments> resume={run_dir}`"
+    return "run the same command again to continue from the last saved epoch"
+
+
 def run_cli(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     """Run an entry point; an :class:`AmcError` becomes one line on stderr and exit status 2.
+
+    SIGINT and SIGTERM become one line saying how to continue (exit status 130 and 143).
 
     Args:
         fn: the command's body.
         cfg: its config.
     """
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise Interrupted(signum)
+
     try:
+        signal.signal(signal.SIGTERM, on_term)
+    except ValueError:  # not the main thread (a launcher's worker thread): keep the default
+        pass
+    try:
+        check_config(cfg)
         setup_run(cfg)
         return fn(cfg)
+    except (KeyboardInterrupt, Interrupted) as exc:
+        name, status = ("SIGTERM", 143) if isinstance(exc, Interrupted) else ("Ctrl-C (SIGINT)", 130)
+        _fail(f"interrupted by {name}; {continue_hint(cfg)}", status)
     except Exception as exc:
         # Hydra wraps errors raised while instantiating configs; report the user's problem, not the wrapper.
         cause: BaseException | None = exc
@@ -42,5 +87,50 @@ def run_cli(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
             cause = cause.__cause__
         if cause is None:
             raise
-        print(f"error: {cause}", file=sys.stderr)
-        sys.exit(2)
+        _fail(str(cause))
+
+
+def writable_dir_problem(path: str | Path) -> str | None:
+    """Why ``path`` cannot be created or written as a directory (``None`` when it can).
+
+    Args:
+        path: the directory a run will write.
+    """
+    p = Path(path).expanduser().absolute()
+    probe = p
+    while not probe.exists():
+        if probe.parent == probe:
+            return f"{probe} does not exist"
+        probe = probe.parent
+    if not probe.is_dir():
+        return f"{probe} is a file, not a directory"
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return f"{probe} is not writable"
+    return None
+
+
+class ConfigCheck(Callback):
+    """Hydra callback: check the composed config and the run directory before Hydra creates or writes anything.
+
+    Registered in ``conf/hydra/default.yaml``; a bad value or an unwritable ``hydra.run.dir`` ends the
+    command with one line and exit status 2 (each job of a sweep is checked again by :func:`run_cli`).
+    """
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Check ``config`` (its schema and ``hydra.run.dir``)."""
+        try:
+            check_config(config)
+        except AmcError as exc:
+            _fail(str(exc))
+        self._check_dir(config, "run")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Check the sweep directory (the sweep's values are checked per job)."""
+        self._check_dir(config, "sweep")
+
+    @staticmethod
+    def _check_dir(config: DictConfig, mode: str) -> None:
+        path = config.hydra[mode].dir
+        problem = writable_dir_problem(str(path))
+        if problem:
+            _fail(f"cannot write the run directory {path} ({problem}); point hydra.{mode}.dir to a writable directory")
