@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pickle
+import zipfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -54,11 +55,29 @@ def save_checkpoint(path: str | Path, model: nn.Module, arch: Mapping[str, Any],
     atomic_torch_save({"format": FORMAT, "arch": dict(arch), "state_dict": state, "meta": dict(meta)}, path)
 
 
-def load_file(path: str | Path) -> dict[str, Any]:
+def weights_budget(model: nn.Module) -> int:
+    """Bytes a weights file for ``model`` may unpack to: 4x its state dict (room for optimizer state) + 16 MiB."""
+    size = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    return 4 * size + 16 * 2**20
+
+
+def _unpacked_size(path: Path) -> int:
+    """What ``torch.load`` would materialise from ``path``: its zip entries' sizes, read from the zip directory."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return sum(info.file_size for info in zf.infolist())
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return path.stat().st_size  # a legacy pickle (or a damaged zip, which torch.load then refuses)
+
+
+def load_file(path: str | Path, max_bytes: int | None = None, what: str = "") -> dict[str, Any]:
     """``torch.load`` a file with ``weights_only=True``, turning every failure into a one-line :class:`AmcError`.
 
     Args:
         path: the file.
+        max_bytes: refuse, before loading, a file whose contents unpack to more bytes than this (a
+            compressed zip entry can unpack to a thousand times its size); ``None``: no limit.
+        what: what the file is for (the message's "weights for ...").
     """
     path = Path(path)
     if not path.is_file():
@@ -72,6 +91,11 @@ def load_file(path: str | Path) -> dict[str, Any]:
         raise AmcError(
             f"{path} is not a readable checkpoint: truncated, corrupt or another format (no torch.save header); "
             "delete it and re-create it, or point to a file written by torch.save"
+        )
+    if max_bytes is not None and (size := _unpacked_size(path)) > max_bytes:
+        raise AmcError(
+            f"{path} unpacks to {size / 2**20:.1f} MiB, more than weights for {what or 'this model'} can take "
+            f"({max_bytes / 2**20:.1f} MiB), so it was not loaded; point to a state_dict file of this model"
         )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -91,14 +115,17 @@ def load_file(path: str | Path) -> dict[str, Any]:
     return obj
 
 
-def load_checkpoint(path: str | Path, expect_arch: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def load_checkpoint(
+    path: str | Path, expect_arch: Mapping[str, Any] | None = None, max_bytes: int | None = None
+) -> dict[str, Any]:
     """Read and validate an amc model checkpoint.
 
     Args:
         path: the checkpoint file.
         expect_arch: when given, the checkpoint's ``arch`` must equal it.
+        max_bytes: the most bytes its contents may unpack to (see :func:`load_file`).
     """
-    obj = load_file(path)
+    obj = load_file(path, max_bytes)
     if obj.get("format") != FORMAT or "state_dict" not in obj or "arch" not in obj:
         raise AmcError(f"{path} is not an amc model checkpoint (no {FORMAT} header); point to a file written by amc")
     if expect_arch is not None and _plain(obj["arch"]) != _plain(expect_arch):

@@ -24,7 +24,7 @@ import logging
 import math
 import shutil
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from amc.checkpoint import config_hash, load_file, load_state
 from amc.cli import run_cli
-from amc.compress import Compressor, Policy
+from amc.compress import Compressor, Policy, read_policy_json
 from amc.cost import FP32, CostModel
 from amc.data import DataModule
 from amc.envs.budget import BudgetWall, CostEvaluator
@@ -62,8 +62,9 @@ from amc.graph import ModelGraph, build_graph
 from amc.hardware import HardwareModel
 from amc.pretrain import arch_spec, load_or_pretrain, train_epoch
 from amc.quantize import quantize_weight
+from amc.schema import check_config
 from amc.trust import check_targets, targets_in, trusted_names
-from amc.utils import atomic_torch_save, atomic_write_bytes, resolve_device
+from amc.utils import atomic_torch_save, atomic_write_bytes, claim_dir, move_aside, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -390,23 +391,39 @@ def finetune(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, An
         cfg: the composed ``finetune`` config.
         out_dir: the run directory (Hydra's output dir under ``python -m``); resuming needs the same one.
     """
+    check_config(cfg, "finetune")
     out = Path(out_dir if out_dir is not None else (cfg.get("resume") or HydraConfig.get().runtime.output_dir))
-    if (out / "report.json").is_file():
-        if not cfg.get("overwrite", False):
-            raise AmcError(
-                f"{out} already holds a finished fine-tuning (report.json); write elsewhere (hydra.run.dir=...) "
-                "or pass overwrite=true to redo it"
-            )
-        log.warning("overwrite=true: redoing the fine-tuning in %s", out)
-        for name in ("report.json", "compressed.pt", "model.onnx", STATE_FILE):
-            (out / name).unlink(missing_ok=True)
-        for sub in out.glob("round*"):
-            if sub.is_dir():
-                shutil.rmtree(sub, ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
+    with claim_dir(out, "fine-tuning"):  # before anything is read or written there
+        report, aside = _finetune(cfg, out)
+        if aside is not None:
+            shutil.rmtree(aside, ignore_errors=True)
+    return report
+
+
+def _outputs(out: Path) -> list[str]:
+    """What a fine-tuning wrote into ``out`` (moved aside by ``overwrite=true`` once the new run is valid)."""
+    return ["report.json", "compressed.pt", "model.onnx", STATE_FILE, *(p.name for p in out.glob("round*"))]
+
+
+def _finetune(cfg: DictConfig, out: Path) -> tuple[dict[str, Any], Path | None]:
+    """:func:`finetune` in a claimed run directory; returns the report and where replaced outputs were moved."""
+    replace = (out / "report.json").is_file()
+    if replace and not cfg.get("overwrite", False):
+        raise AmcError(
+            f"{out} already holds a finished fine-tuning (report.json); write elsewhere (hydra.run.dir=...) "
+            "or pass overwrite=true to redo it"
+        )
     policy_path, cfg, search = resolve_policy(cfg)
+    check_config(cfg, "finetune")  # model/data/pretrain may now come from the search's config.yaml
+    read_policy_json(policy_path)  # a malformed file fails before any baseline is trained
+    aside: list[Path | None] = [None]
+
+    def start() -> None:  # everything is valid: only now move the previous outputs aside
+        if replace:
+            aside[0] = move_aside(out, _outputs(out))
+
     if int(cfg.get("rounds", 1)) != 1:
-        return iterate(cfg, out, search)
+        return iterate(cfg, out, search, start), aside[0]
     device = resolve_device(cfg.device)
     seed = int(cfg.seed)
     recipe = Recipe.from_cfg(cfg)
@@ -419,6 +436,7 @@ def finetune(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, An
     policy = Policy.load(policy_path, graph)
     accelerator = instantiate(cfg.hardware) if cfg.get("hardware") is not None else None
     check_policy_budgets(policy_path, policy, graph, accelerator)
+    start()
     calib = [
         x.to(device)
         for x, _ in data.calibration_batches(int(cc.calibration_batches), int(cc.calibration_batch_size), seed)
@@ -474,7 +492,7 @@ def finetune(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, An
     report["accuracy"] = {"dense": acc_dense, "before_finetune": acc_before, "after_finetune": acc_after}
     atomic_write_bytes(out / "report.json", json.dumps(report, indent=2).encode())
     print_report(report)
-    return report
+    return report, aside[0]
 
 
 def check_policy_budgets(path: Path, policy: Policy, graph: ModelGraph, accelerator: Any | None) -> None:
@@ -527,7 +545,9 @@ def round_budgets(
     return {k: min(1.0, t ** (r / rounds) * original[k] / current[k]) for k, t in targets.items()}
 
 
-def iterate(cfg: DictConfig, out: Path, search_cfg: DictConfig | None) -> dict[str, Any]:
+def iterate(
+    cfg: DictConfig, out: Path, search_cfg: DictConfig | None, start: Callable[[], None] | None = None
+) -> dict[str, Any]:
     """``rounds=R``: search -> fine-tune -> search again on the fine-tuned model, R times.
 
     The search run that ``policy=`` points to defines each round's search (agent, env, reward, hardware,
@@ -542,6 +562,7 @@ def iterate(cfg: DictConfig, out: Path, search_cfg: DictConfig | None) -> dict[s
         cfg: the finetune config, merged with the search's model/data/compressor options.
         out: the run directory.
         search_cfg: the search's config (``None``: not a search run, refused).
+        start: called once the rounds are validated, before the first round writes anything.
     """
     from amc.agents.callbacks import latest_checkpoint
     from amc.train import search
@@ -557,6 +578,8 @@ def iterate(cfg: DictConfig, out: Path, search_cfg: DictConfig | None) -> dict[s
     targets = {str(k): float(v) for k, v in (search_cfg.get("budgets") or {}).items() if v is not None}
     if not targets:
         raise AmcError("rounds>1 needs a budget in the search's config; search with budgets.<metric>=<ratio> first")
+    if start is not None:
+        start()
     device = resolve_device(cfg.device)
     seed = int(cfg.seed)
     recipe = Recipe.from_cfg(cfg)

@@ -21,13 +21,14 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from tqdm.auto import tqdm
 
-from amc.checkpoint import config_hash, load_checkpoint, load_file, load_state, save_checkpoint
+from amc.checkpoint import config_hash, load_checkpoint, load_file, load_state, save_checkpoint, weights_budget
 from amc.cli import run_cli
 from amc.data import DataModule
 from amc.errors import AmcError
 from amc.evaluate import accuracy
 from amc.graph import build_graph
-from amc.utils import atomic_torch_save, resolve_device
+from amc.schema import check_config
+from amc.utils import atomic_torch_save, resolve_device, wait_for_lock
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +201,7 @@ def load_user_weights(model: nn.Module, path: Path) -> dict[str, Any]:
         model: the freshly built model.
         path: the weights file.
     """
-    obj = load_file(path)
+    obj = load_file(path, weights_budget(model), f"model {type(model).__name__}")
     state = obj.get("state_dict", obj)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise AmcError(f"{path} holds no state dict of tensors; pass pretrain.weights=<a model state_dict file>")
@@ -219,16 +220,50 @@ def load_or_pretrain(cfg: DictConfig, data: DataModule | None = None) -> tuple[n
     """
     data = data if data is not None else instantiate(cfg.data)
     model = instantiate(cfg.model)
-    build_graph(
-        model, data.input_shape, check_routing=False
-    )  # fails early, with a clear message, on a wrong input shape
+    check_model(model, data)
     weights = cfg.pretrain.get("weights")
     if weights:
         return model, load_user_weights(model, Path(str(weights)).expanduser())
     path = checkpoint_path(cfg, data)
+    # One process trains a given baseline; another that wants it (a parallel sweep job) waits, then loads it.
+    with wait_for_lock(path.with_suffix(".lock"), "training this baseline"):
+        return _cached_or_trained(cfg, model, data, path)
+
+
+def check_model(model: nn.Module, data: DataModule) -> None:
+    """Refuse, with one line each, a model amc cannot search: compiled, failing on the data, or with the wrong classes.
+
+    Args:
+        model: the freshly built model.
+        data: its data module.
+    """
+    if type(model).__name__ == "OptimizedModule":  # torch.compile's wrapper (torch._dynamo.eval_frame)
+        raise AmcError(
+            f"the model is a torch.compile'd {type(getattr(model, '_orig_mod', model)).__name__}; give amc the plain "
+            "model (the factory without torch.compile) and compile the compressed model after amc.finetune"
+        )
+    build_graph(model, data.input_shape, check_routing=False)  # fails early, with a clear message, on a wrong shape
+    was_training = model.training
+    model.eval()  # no BatchNorm statistics change
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(2, *data.input_shape))
+    finally:
+        model.train(was_training)
+    shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+    if shape != (2, data.num_classes):
+        raise AmcError(
+            f"the model outputs {shape} for a batch of 2 images, but {data.name} has {data.num_classes} classes "
+            f"(expected (2, {data.num_classes})); set model.num_classes={data.num_classes} or use a classifier "
+            "that returns one logit per class"
+        )
+
+
+def _cached_or_trained(cfg: DictConfig, model: nn.Module, data: DataModule, path: Path) -> tuple[nn.Module, dict]:
+    """The cached baseline at ``path``, or ``model`` trained now and cached there (hold the lock on ``path``)."""
     arch = arch_spec(cfg.model)
     if path.exists() and not cfg.pretrain.get("force", False):
-        ckpt = load_checkpoint(path, expect_arch=arch)
+        ckpt = load_checkpoint(path, expect_arch=arch, max_bytes=weights_budget(model))
         load_state(model, ckpt["state_dict"], str(path))
         log.info("loaded cached baseline %s (test top-1 %.4f)", path, ckpt["meta"].get("test_top1", float("nan")))
         return model, {**ckpt["meta"], "path": str(path), "cached": True}
@@ -260,6 +295,7 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
         cfg: the composed ``pretrain`` config.
     """
     t0 = time.perf_counter()
+    check_config(cfg, "pretrain")
     _, meta = load_or_pretrain(cfg)
     took = time.perf_counter() - t0
     state = "cached" if meta["cached"] else f"trained in {took:.0f} s"

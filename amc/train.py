@@ -20,10 +20,12 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import hydra
+from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tabulate import tabulate
@@ -44,9 +46,11 @@ from amc.compress import Policy
 from amc.envs import CompressionEnv
 from amc.errors import AmcError
 from amc.evaluate import accuracy
+from amc.graph import build_graph
 from amc.pretrain import load_or_pretrain
+from amc.schema import check_config
 from amc.trust import check_targets
-from amc.utils import atomic_write_bytes, resolve_device
+from amc.utils import atomic_write_bytes, claim_dir, move_aside, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -90,49 +94,129 @@ def run_identity(cfg: DictConfig, agent: Agent) -> dict[str, Any]:
     }
 
 
-def prepare_run_dir(cfg: DictConfig) -> tuple[DictConfig, Path, Path | None]:
-    """The config to run, its run directory and, for a resume, the checkpoint to continue from.
+# What a search writes into its run directory (moved aside by overwrite=true, see prepare_run_dir).
+OUTPUTS = ("config.yaml", "episodes.csv", "best_policy.json", "summary.json", "best_policy.png", "checkpoints", "tb")
+# Settings of the machine, not of the search: the only overrides a resume may change.
+MACHINE_KEYS = ("threads", "device", "trust_targets")
+
+
+def run_dir_of(cfg: DictConfig) -> Path:
+    """The run directory a (new or resumed) search writes: ``resume`` (which must hold a search) or ``output_dir``."""
+    if not cfg.get("resume"):
+        return Path(str(cfg.output_dir))
+    run_dir = Path(str(cfg.resume)).expanduser()
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise AmcError(
+            f"resume={run_dir} is not an amc.train run directory (no {CONFIG_FILE}); "
+            "pass the run directory of the search to continue"
+        )
+    return run_dir
+
+
+def _resume_overrides() -> list[str]:
+    """The command line's overrides other than ``resume`` and the machine settings (empty outside Hydra)."""
+    if not HydraConfig.initialized():
+        return []
+    keys = [str(o).split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task]
+    return [k for k in keys if k not in ("resume", *MACHINE_KEYS)]
+
+
+def prepare_run_dir(cfg: DictConfig) -> tuple[DictConfig, Path, Path | None, bool]:
+    """The config to run, its run directory, the checkpoint to continue from, and whether outputs get replaced.
+
+    Nothing is written or deleted here: a directory that already holds a search is refused, unless
+    ``overwrite=true`` (its outputs are moved aside only when the new run starts writing, see
+    :func:`start_outputs`). A resume of a search killed before its first checkpoint restarts it
+    from episode 0 with its saved config. Call with the directory claimed (:func:`amc.utils.claim_dir`).
 
     Args:
         cfg: the composed config (with ``resume`` possibly set).
     """
     if not cfg.get("resume"):
-        run_dir = Path(str(cfg.output_dir))
+        run_dir = run_dir_of(cfg)
         # A directory with episodes holds a search; one with only config.yaml failed before its first episode.
-        if (run_dir / "summary.json").is_file() or (run_dir / "episodes.csv").is_file():
+        held = (run_dir / "summary.json").is_file() or (run_dir / "episodes.csv").is_file()
+        if held and not cfg.get("overwrite", False):
             state = "a finished search" if (run_dir / "summary.json").is_file() else "an unfinished search"
-            if not cfg.get("overwrite", False):
-                raise AmcError(
-                    f"{run_dir} already holds {state}; continue it with resume={run_dir}, write elsewhere "
-                    "(hydra.run.dir=...), or pass overwrite=true to replace it"
-                )
-            log.warning("overwrite=true: replacing %s in %s", state, run_dir)
-            for name in ("episodes.csv", "best_policy.json", "summary.json", "best_policy.png"):
-                (run_dir / name).unlink(missing_ok=True)
-            for sub in ("checkpoints", "tb"):
-                shutil.rmtree(run_dir / sub, ignore_errors=True)
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(run_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True).encode())
-        return cfg, run_dir, None
-    run_dir = Path(str(cfg.resume)).expanduser()
+            raise AmcError(
+                f"{run_dir} already holds {state}; continue it with resume={run_dir}, write elsewhere "
+                "(hydra.run.dir=...), or pass overwrite=true to replace it"
+            )
+        return cfg, run_dir, None, held
+    run_dir = run_dir_of(cfg)
     saved = run_dir / CONFIG_FILE
-    if not saved.is_file():
+    extra = _resume_overrides()
+    if extra:
         raise AmcError(
-            f"resume={run_dir} is not an amc.train run directory (no {CONFIG_FILE}); "
-            "pass the run directory of the search to continue"
+            f"resume= continues a search with its saved config, so {', '.join(extra)} would be ignored; drop them "
+            f"(only {', '.join(MACHINE_KEYS)} may change) or start a new run in another directory"
         )
-    checkpoint = latest_checkpoint(run_dir)
-    resumed = OmegaConf.load(saved)
+    try:
+        resumed = OmegaConf.load(saved)
+    except Exception as exc:  # noqa: BLE001 -- any YAML/OmegaConf failure means the file is unusable
+        raise AmcError(f"{saved} is unreadable ({type(exc).__name__}); restore it or start a new run") from exc
     if not isinstance(resumed, DictConfig):
         raise AmcError(f"{saved} is not an amc.train config (no mapping); pass the run directory of a search")
     # The saved config names what gets built; only the command line says which foreign targets to trust.
     check_targets(resumed, saved, cfg.get("trust_targets"))
-    for key in ("threads", "device", "trust_targets"):  # machine settings may change between the runs
+    for key in MACHINE_KEYS:  # machine settings may change between the runs
         resumed[key] = cfg.get(key)
     resumed.resume = str(run_dir)
-    log.info("resuming %s from %s with the run's saved config", run_dir, checkpoint.name)
+    check_config(resumed, "train")
+    if (run_dir / "checkpoints" / "latest.json").exists():
+        checkpoint: Path | None = latest_checkpoint(run_dir)
+        log.info("resuming %s from %s with the run's saved config", run_dir, checkpoint.name)
+    else:  # killed before (or during) its first checkpoint: nothing to continue, so start it again
+        checkpoint = None
+        log.warning("%s has no checkpoint yet: restarting its search from episode 0 with the saved config", run_dir)
     setup_run(resumed)
-    return resumed, run_dir, checkpoint
+    return resumed, run_dir, checkpoint, checkpoint is None
+
+
+def start_outputs(cfg: DictConfig, run_dir: Path, replace: bool) -> Path | None:
+    """The run is valid and about to write its first episode: move old outputs aside, write ``config.yaml``.
+
+    Returns the folder holding the replaced outputs (delete it when the run has finished), or ``None``.
+
+    Args:
+        cfg: the config the run uses.
+        run_dir: the run directory.
+        replace: whether a previous search's outputs are there to replace.
+    """
+    aside = move_aside(run_dir, OUTPUTS) if replace else None
+    atomic_write_bytes(run_dir / CONFIG_FILE, OmegaConf.to_yaml(cfg, resolve=True).encode())
+    return aside
+
+
+def check_channel_multiple(cfg: DictConfig, model: Any, data: Any) -> None:
+    """Refuse an ``env.channel_multiple`` that leaves nothing prunable (it would keep every channel)."""
+    multiple = int(cfg.env.get("channel_multiple", 1) or 1)
+    if multiple <= 1 or str(cfg.env.get("mode")) == "quantize":
+        return
+    graph = build_graph(model, data.input_shape, check_routing=False)
+    widths = [graph.groups[g].channels for g in graph.prunable_groups]
+    if widths and multiple >= max(widths):
+        raise AmcError(
+            f"env.channel_multiple={multiple} is not below any prunable layer's width (widest {max(widths)} "
+            "channels), so nothing could be pruned; use a multiple well below the widths, e.g. "
+            "env.channel_multiple=8, or env.mode=quantize"
+        )
+
+
+def load_checkpoint_into(agent: Agent, env: CompressionEnv, checkpoint: Path, episodes: int) -> None:
+    """Load the agent's state and the generators from ``checkpoint``, one line when it is truncated or foreign."""
+    again = f"delete {checkpoint.parent} and resume again to restart the search from episode 0"
+    try:
+        agent.load(checkpoint, env, episodes)
+        restore_rng(checkpoint, env)
+    except AmcError as exc:
+        raise AmcError(f"{exc} (or {again})") from exc
+    except Exception as exc:  # noqa: BLE001 -- a truncated or foreign file fails in many libraries' own ways
+        detail = " ".join(str(exc).split())[:120]
+        raise AmcError(
+            f"checkpoint {checkpoint} cannot be loaded ({type(exc).__name__}: {detail}): it is truncated or from "
+            f"another search; {again}"
+        ) from exc
 
 
 def build_env(cfg: DictConfig, model: Any, data: Any) -> CompressionEnv:
@@ -158,11 +242,25 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         cfg: the composed ``train`` config.
     """
     t_start = time.perf_counter()
-    cfg, run_dir, checkpoint = prepare_run_dir(cfg)
-    instantiate(cfg.agent).validate(int(cfg.episodes))  # bad settings fail before any data is read
-    data = instantiate(cfg.data)
-    model, meta = load_or_pretrain(cfg, data)
-    summary, _ = search(cfg, model, data, meta, run_dir, checkpoint, t_start)
+    check_config(cfg, "train")
+    with claim_dir(run_dir_of(cfg), "search"):  # before anything is read or written there
+        cfg, run_dir, checkpoint, replace = prepare_run_dir(cfg)
+        instantiate(cfg.agent).validate(int(cfg.episodes))  # bad settings fail before any data is read
+        data = instantiate(cfg.data)
+        model, meta = load_or_pretrain(cfg, data)
+        aside: list[Path | None] = []
+        summary, _ = search(
+            cfg,
+            model,
+            data,
+            meta,
+            run_dir,
+            checkpoint,
+            t_start,
+            on_ready=lambda: aside.append(start_outputs(cfg, run_dir, replace)),
+        )
+        if aside and aside[0] is not None:
+            shutil.rmtree(aside[0], ignore_errors=True)
     print(summary["table"])
     print(f"outputs: {run_dir}")
     return summary
@@ -176,6 +274,7 @@ def search(
     run_dir: Path,
     checkpoint: Path | None = None,
     t_start: float | None = None,
+    on_ready: Callable[[], Any] | None = None,
 ) -> tuple[dict[str, Any], CompressionEnv]:
     """Search ``model`` with the config's agent, env, reward, hardware and budgets; outputs go to ``run_dir``.
 
@@ -191,15 +290,18 @@ def search(
         run_dir: where episodes, checkpoints, TensorBoard and the best policy go.
         checkpoint: a checkpoint directory to continue from.
         t_start: when the run started (for the summary's seconds).
+        on_ready: called once everything is built and validated, right before the first output is written.
     """
     t_start = time.perf_counter() if t_start is None else t_start
     episodes = int(cfg.episodes)
     agent: Agent = instantiate(cfg.agent)
     agent.validate(episodes)
+    check_channel_multiple(cfg, model, data)
     env = build_env(cfg, model, data)
     if checkpoint is not None:
-        agent.load(checkpoint, env, episodes)
-        restore_rng(checkpoint, env)
+        load_checkpoint_into(agent, env, checkpoint, episodes)
+    if on_ready is not None:
+        on_ready()
 
     identity = run_identity(cfg, agent)
     dense = {**env.evaluator.dense, "accuracy": env.dense_accuracy}

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import random
 import tempfile
+import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -116,3 +120,87 @@ def atomic_torch_save(obj: object, path: str | Path) -> None:
         if isinstance(exc, OSError | RuntimeError):
             raise _write_error(path, exc) from exc
         raise
+
+
+LOCK_FILE = ".amc.lock"
+
+
+@contextlib.contextmanager
+def claim_dir(directory: str | Path, what: str = "run") -> Iterator[Path]:
+    """Hold an exclusive claim on ``directory`` (``flock`` on ``<directory>/.amc.lock``) while the block runs.
+
+    A second process that claims the same directory gets a one-line :class:`AmcError` at once, before it
+    writes anything. The kernel drops the lock when its holder exits, so a killed run never blocks the
+    next one (the lock file itself stays; it is empty).
+
+    Args:
+        directory: the run directory (created if missing).
+        what: what the directory holds, for the message ("search", "fine-tuning").
+    """
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise _write_error(directory / LOCK_FILE, exc) from exc
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise AmcError(
+                f"another amc {what} is running in {directory} right now; wait for it to finish or write elsewhere "
+                "(hydra.run.dir=...)"
+            ) from None
+        yield directory
+    finally:
+        os.close(fd)  # releases the lock
+
+
+@contextlib.contextmanager
+def wait_for_lock(path: str | Path, reason: str) -> Iterator[None]:
+    """Hold a blocking exclusive ``flock`` on ``path`` (created if missing), logging when another process has it.
+
+    Args:
+        path: the lock file.
+        reason: what the lock protects, for the log line.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise _write_error(path, exc) from exc
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("waiting for another process that is %s (%s)", reason, path)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def move_aside(directory: str | Path, names: Iterable[str]) -> Path | None:
+    """Move ``directory``'s entries ``names`` into a new ``directory/.replaced-<time>/`` (``None``: none existed).
+
+    The replaced outputs of an ``overwrite=true`` run stay there until the new run has finished
+    (its caller deletes the folder then), so a run that fails half way loses nothing.
+
+    Args:
+        directory: the run directory.
+        names: files or folders to move.
+    """
+    directory = Path(directory)
+    present = [n for n in names if (directory / n).exists()]
+    if not present:
+        return None
+    aside = directory / f".replaced-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    try:
+        aside.mkdir()
+        for name in present:
+            os.replace(directory / name, aside / name)
+    except OSError as exc:
+        raise _write_error(aside, exc) from exc
+    log.warning("overwrite=true: the previous outputs are in %s until this run finishes", aside)
+    return aside
