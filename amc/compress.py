@@ -115,11 +115,26 @@ class Policy:
     @classmethod
     def load(cls, path: str | Path, graph: ModelGraph) -> Policy:
         """Read a policy JSON file (a ``best_policy.json`` or a bare policy)."""
-        try:
-            data = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise AmcError(f"cannot read policy {path} ({type(exc).__name__}); point to a best_policy.json") from exc
-        return cls.from_dict(data.get("policy", data), graph)
+        return cls.from_dict(read_policy_json(path), graph)
+
+
+def read_policy_json(path: str | Path) -> dict[str, Any]:
+    """The policy mapping (``{"groups": [...], "units": [...]}``) of a ``best_policy.json`` or a bare policy file.
+
+    Args:
+        path: the JSON file.
+    """
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AmcError(f"cannot read policy {path} ({type(exc).__name__}); point to a best_policy.json") from exc
+    policy = data.get("policy", data) if isinstance(data, dict) else data
+    if not isinstance(policy, dict) or not isinstance(policy.get("units"), list):
+        raise AmcError(
+            f"policy {path} holds a {type(policy).__name__}, not a policy mapping with groups and units; "
+            "point to a best_policy.json written by amc.train"
+        )
+    return policy
 
 
 def _unit_inputs(graph: ModelGraph, kept: Sequence[int]) -> list[int]:

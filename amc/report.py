@@ -98,11 +98,49 @@ def load_runs(root: str | Path) -> list[dict[str, Any]]:
         except (OSError, json.JSONDecodeError) as exc:
             log.warning("skipping %s (%s)", path, type(exc).__name__)
             continue
+        check_run(data, path)
         data["run_dir"] = str(path.parent)
         runs.append(data)
     if not runs:
         raise AmcError(f"no best_policy.json under {root}; point to the directory of a finished `amc.train -m` sweep")
     return runs
+
+
+def check_run(run: Any, path: Path) -> None:
+    """Refuse, in one line, a ``best_policy.json`` whose fields the report reads are missing or of the wrong type.
+
+    Args:
+        run: the parsed file.
+        path: where it was read (for the message).
+    """
+
+    def number(v: Any) -> bool:
+        return isinstance(v, int | float) and not isinstance(v, bool)
+
+    def numbers(v: Any) -> bool:
+        return isinstance(v, dict) and all(number(x) for x in v.values())
+
+    problem = None
+    if not isinstance(run, dict):
+        problem = f"it holds a {type(run).__name__}, not a mapping"
+    elif not numbers(run.get("ratios")):
+        problem = f"ratios is {json.dumps(run.get('ratios'))[:40]}, not a mapping of metric to ratio"
+    elif not number(run.get("accuracy")):
+        problem = f"accuracy is {json.dumps(run.get('accuracy'))[:40]}, not a number"
+    elif run.get("test_accuracy") is not None and not number(run["test_accuracy"]):
+        problem = "test_accuracy is not a number"
+    elif run.get("budget_targets") is not None and not numbers(run["budget_targets"]):
+        problem = "budget_targets is not a mapping of metric to ratio"
+    elif not run.get("budget_targets") and not (
+        isinstance(run.get("budgets", {}), dict)
+        and all(isinstance(b, dict) and number(b.get("target")) for b in run.get("budgets", {}).values())
+    ):
+        problem = "budgets is not a mapping of metric to {target: ratio}"
+    if problem:
+        raise AmcError(
+            f"{path} is not a best_policy.json as amc.train writes it ({problem}); restore or delete that run, "
+            "or point amc.report at another directory"
+        )
 
 
 def _budget_key(run: Mapping[str, Any]) -> str:

@@ -48,6 +48,8 @@ class UnitPolicy:
 def load_policy(path: str | Path, units: Sequence[LayerSpec]) -> list[UnitPolicy]:
     """Read a policy file ``{"units": [{"name", "in_channels", "out_channels", "w_bits", "a_bits"}, ...]}``.
 
+    A search's ``best_policy.json`` (the same list under ``"policy"``) or its run directory also works.
+
     Units are matched by name; a unit the file does not list stays dense and unquantized.
 
     Args:
@@ -57,13 +59,17 @@ def load_policy(path: str | Path, units: Sequence[LayerSpec]) -> list[UnitPolicy
     Returns:
         One :class:`UnitPolicy` per unit, in the units' order.
     """
-    path = Path(path)
+    path = Path(path).expanduser()
+    if path.is_dir():  # a search run directory
+        path = path / "best_policy.json"
     if not path.is_file():
         raise AmcError(f"policy file {path} not found; pass policy=<path to a JSON policy>")
     try:
         doc = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
         raise AmcError(f"policy {path} is not valid JSON ({exc.msg}, line {exc.lineno}); fix it") from None
+    if isinstance(doc, dict) and isinstance(doc.get("policy"), dict):  # amc.train's best_policy.json
+        doc = doc["policy"]
     entries = doc.get("units") if isinstance(doc, dict) else None
     if not isinstance(entries, list):
         raise AmcError(f'policy {path} needs {{"units": [...]}} (one entry per unit); see docs/hardware.md')
