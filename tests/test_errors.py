@@ -7,13 +7,19 @@ option, a misspelled key) exit with status 1 and name the bad value plus the ava
 
 from __future__ import annotations
 
+import csv
+import hashlib
+import io
 import json
 import os
 import pickle
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -93,7 +99,41 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (bad / "edited").mkdir()
     (bad / "edited" / "best_policy.json").write_text(json.dumps(policy))
     (bad / "policy.json").write_text("{ not json")
+    (bad / "list.json").write_text(json.dumps([policy["policy"]]))
+    (bad / "afile").write_text("a file where a run directory should go")
+    (bad / "null_ratios").mkdir()
+    (bad / "null_ratios" / "best_policy.json").write_text(json.dumps({**policy, "ratios": None}))
+    bomb_weights(bad / "bomb.pt")
+    ddpg_checkpoints(root)
     return root
+
+
+def bomb_weights(path: Path) -> None:
+    """A 120 MB state dict stored as one deflated zip entry: a ~120 kB file that torch.load would unpack whole."""
+    buf = io.BytesIO()
+    torch.save({"features.0.0.weight": torch.zeros(30_000_000)}, buf)
+    with zipfile.ZipFile(io.BytesIO(buf.getvalue())) as zin, zipfile.ZipFile(path, "w") as zout:
+        for info in zin.infolist():
+            method = zipfile.ZIP_DEFLATED if "/data/" in info.filename else zipfile.ZIP_STORED
+            zout.writestr(info.filename, zin.read(info.filename), compress_type=method)
+
+
+def ddpg_checkpoints(root: Path) -> None:
+    """DDPG searches (joint and prune) with a checkpoint, and joint copies with a damaged or foreign one."""
+    with initialize_config_module(config_module="amc.conf", version_base="1.3"):
+        base = [*train_args(root), "agent=ddpg", "episodes=4", "agent.warmup=1", "agent.batch_size=4"]
+        keys = compose("train", overrides=[*base, "output_dir=unused"]).agent
+        base += [o for k, o in (("demos", "agent.demos=[]"), ("exploit", "agent.exploit=0")) if k in keys]
+        for mode in ("joint", "prune"):
+            train(compose("train", overrides=[*base, f"env={mode}", f"output_dir={root / f'ddpg_{mode}'}"]))
+    ckpt = "checkpoints/episode_000004"
+    for name in ("agent.zip", "replay_buffer.pt", "rng.pt", "rng.json"):
+        shutil.copytree(root / "ddpg_joint", root / f"resume_{name}")
+        target = root / f"resume_{name}" / ckpt / name
+        target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
+    shutil.copytree(root / "ddpg_joint", root / "resume_foreign")
+    shutil.rmtree(root / "resume_foreign" / "checkpoints")
+    shutil.copytree(root / "ddpg_prune" / "checkpoints", root / "resume_foreign" / "checkpoints")
 
 
 def cli(module: str, *args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
@@ -211,6 +251,134 @@ CASES: dict[str, tuple[str, list[str], str, int]] = {
     "hardware-unknown-preset": ("amc.hardware", ["hardware=tpu9"], r"Could not find 'hardware/tpu9'", 1),
     "report-not-a-directory": ("amc.report", ["{root}/nowhere"], r"is not a directory", 2),
     "report-no-runs": ("amc.report", ["{root}/fm"], r"no best_policy.json under", 2),
+    # Every value has a declared type and range (amc/schema.py), checked before anything is trained or written.
+    "train-seed-negative": ("amc.train", ["seed=-1"], r"seed=-1 must be >= 0; set seed=N with N >= 0", 2),
+    "train-seed-not-a-number": ("amc.train", ["seed=abc"], r"seed=abc is not a whole number; set seed=N", 2),
+    "train-episodes-not-a-number": ("amc.train", ["episodes=abc"], r"episodes=abc is not a whole number", 2),
+    "train-episodes-zero": ("amc.train", ["episodes=0"], r"episodes=0 must be positive; set episodes=N with N >= 1", 2),
+    "train-episodes-fractional": ("amc.train", ["episodes=2.7"], r"episodes=2.7 is not a whole number", 2),
+    "train-search-size-zero": ("amc.train", ["data.search_size=0"], r"data.search_size=0 must be positive", 2),
+    "train-batch-size-not-a-number": ("amc.train", ["data.batch_size=abc"], r"data.batch_size=abc is not a whole", 2),
+    "train-min-keep-not-a-number": ("amc.train", ["env.min_keep=abc"], r"env.min_keep=abc is not a finite number", 2),
+    "train-bits-not-a-pair": ("amc.train", ["env.w_bits=[8]"], r"env.w_bits=\[8\] is not a \[min, max\] pair", 2),
+    "train-eval-batch-size-zero": (
+        "amc.train",
+        ["env.eval_batch_size=0"],
+        r"env.eval_batch_size=0 must be positive",
+        2,
+    ),
+    "train-budget-not-a-number": (
+        "amc.train",
+        ["budgets.macs=abc"],
+        r"budgets.macs=abc is not a finite number; set budgets.macs=R with 0 < R <= 1 .* or budgets.macs=null",
+        2,
+    ),
+    "train-calibration-batches-zero": (
+        "amc.train",
+        ["env.calibration_batches=0"],
+        r"env.calibration_batches=0 must be positive; .*need calibration data",
+        2,
+    ),
+    "train-channel-multiple-negative": (
+        "amc.train",
+        ["env.channel_multiple=-8"],
+        r"channel_multiple=-8 must be pos",
+        2,
+    ),
+    "train-channel-multiple-too-large": (
+        "amc.train",
+        ["env.channel_multiple=1000"],
+        r"channel_multiple=1000 is not below any prunable layer's width \(widest \d+ channels\).*channel_multiple=8",
+        2,
+    ),
+    "train-unknown-wall": ("amc.train", ["env.wall=brick"], r"unknown wall 'brick' for env.wall; .*repair", 2),
+    "train-threads-negative": ("amc.train", ["threads=-1"], r"threads=-1 must be >= 0; set threads=N", 2),
+    "train-run-dir-unwritable": (
+        "amc.train",
+        ["hydra.run.dir={root}/bad/afile/run"],
+        r"cannot write the run directory .*afile is a file, not a directory.*point hydra.run.dir to a writable",
+        2,
+    ),
+    "train-model-wrong-classes": (
+        "amc.train",
+        ["model.num_classes=5"],
+        r"outputs \(2, 5\) .* has 10 classes .* set model.num_classes=10",
+        2,
+    ),
+    "train-model-compiled": (
+        "amc.train",
+        [
+            "model._target_=torch.compile",
+            "~model.num_classes",
+            "~model.in_channels",
+            "+model.model._target_=amc.models.small.fmnist_cnn",
+            "+model.model.num_classes=10",
+            "+model.model.in_channels=1",
+        ],
+        r"torch.compile'd FmnistCNN; give amc the plain model",
+        2,
+    ),
+    "train-resume-with-overrides": (
+        "amc.train",
+        ["resume={root}/search", "episodes=5", "seed=3"],
+        r"resume= continues a search with its saved config, so episodes, seed would be ignored",
+        2,
+    ),
+    "train-resume-truncated-agent-zip": (
+        "amc.train",
+        ["resume={root}/resume_agent.zip"],
+        r"resume_agent.zip/checkpoints/episode_000004 .*delete .*checkpoints and resume again to restart",
+        2,
+    ),
+    "train-resume-truncated-replay-buffer": (
+        "amc.train",
+        ["resume={root}/resume_replay_buffer.pt"],
+        r"episode_000004 .*delete .*checkpoints and resume again",
+        2,
+    ),
+    "train-resume-truncated-rng-json": (
+        "amc.train",
+        ["resume={root}/resume_rng.json"],
+        r"episode_000004 .*delete .*checkpoints and resume again",
+        2,
+    ),
+    "train-resume-truncated-rng-pt": (
+        "amc.train",
+        ["resume={root}/resume_rng.pt"],
+        r"episode_000004 .*delete .*checkpoints and resume again",
+        2,
+    ),
+    "train-resume-prune-checkpoint-as-joint": (
+        "amc.train",
+        ["resume={root}/resume_foreign"],
+        r"delete .*resume_foreign/checkpoints and resume again to restart the search from episode 0",
+        2,
+    ),
+    "pretrain-weights-zip-bomb": (
+        "amc.pretrain",
+        ["pretrain.weights={root}/bad/bomb.pt"],
+        r"bomb.pt unpacks to 11\d\.\d MiB, more than weights for model FmnistCNN can take .* not loaded",
+        2,
+    ),
+    "finetune-rounds-not-a-number": ("amc.finetune", ["policy={root}/search", "rounds=two"], r"rounds=two is not a", 2),
+    "finetune-epochs-negative": (
+        "amc.finetune",
+        ["policy={root}/search", "epochs=-1"],
+        r"epochs=-1 must be >= 0; set epochs=N with N >= 0",
+        2,
+    ),
+    "finetune-policy-is-a-list": (
+        "amc.finetune",
+        ["policy={root}/bad/list.json"],
+        r"list.json holds a list, not a policy mapping",
+        2,
+    ),
+    "report-ratios-null": (
+        "amc.report",
+        ["{root}/bad/null_ratios"],
+        r"is not a best_policy.json as amc.train writes it \(ratios is null",
+        2,
+    ),
 }
 
 
@@ -218,7 +386,9 @@ CASES: dict[str, tuple[str, list[str], str, int]] = {
 def test_bad_input(case: str, world: Path, tmp_path: Path) -> None:
     module, args, expected, code = CASES[case]
     args = [a.replace("{root}", str(world)) for a in args]
-    if module == "amc.train":
+    if module == "amc.train" and args[0].startswith("resume="):
+        pass  # a resume takes everything from the run's saved config
+    elif module == "amc.train":
         args = [*train_args(world), *args]
     elif module in ("amc.pretrain", "amc.finetune"):
         args = [*data_args(world), *args]
@@ -227,6 +397,7 @@ def test_bad_input(case: str, world: Path, tmp_path: Path) -> None:
     before = {p: p.stat().st_mtime_ns for p in world.rglob("*") if p.is_file()}
     res = cli(module, *args)
     assert res.returncode == code, (res.returncode, res.stderr[-3000:])
+    assert "Traceback" not in res.stderr, res.stderr[-3000:]
     if code == 2:
         errors = [ln for ln in res.stderr.splitlines() if ln.startswith("error:")]
         assert len(errors) == 1, res.stderr[-3000:]
@@ -248,6 +419,112 @@ def test_overwrite_replaces_a_finished_search(world: Path, tmp_path: Path) -> No
     res = cli("amc.train", *train_args(world), f"hydra.run.dir={run}", "overwrite=true")
     assert res.returncode == 0, res.stderr[-3000:]
     assert json.loads((run / "summary.json").read_text())["episodes"] == 2
+    assert not list(run.glob(".replaced-*"))  # the replaced search is gone once the new one finished
+
+
+def _digests(run: Path) -> dict[str, str]:
+    """Content hash of every file amc wrote in ``run`` (the lock file and Hydra's own bookkeeping left out)."""
+    skip = (".amc.lock", ".hydra", "train.log", "finetune.log")
+    return {
+        str(p.relative_to(run)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(run.rglob("*"))
+        if p.is_file() and not any(part in skip for part in p.relative_to(run).parts)
+    }
+
+
+def test_overwrite_with_an_invalid_config_keeps_the_old_outputs(world: Path, tmp_path: Path) -> None:
+    search, ft = tmp_path / "search", tmp_path / "ft"
+    shutil.copytree(world / "search", search)
+    shutil.copytree(world / "ft", ft)
+    before = (_digests(search), _digests(ft))
+    # Unreachable only once the model is built: the check runs after pretraining, before the first episode.
+    res = cli("amc.train", *train_args(world), f"hydra.run.dir={search}", "overwrite=true", "budgets.macs=0.001")
+    assert res.returncode == 2 and "is unreachable" in res.stderr, res.stderr[-2000:]
+    res = cli("amc.train", *train_args(world), f"hydra.run.dir={search}", "overwrite=true", "seed=abc")
+    assert res.returncode == 2 and "seed=abc" in res.stderr, res.stderr[-2000:]
+    res = cli("amc.finetune", *data_args(world), f"policy={world}/serach", f"hydra.run.dir={ft}", "overwrite=true")
+    assert res.returncode == 2 and "does not exist" in res.stderr, res.stderr[-2000:]
+    res = cli(
+        "amc.finetune", *data_args(world), f"policy={world}/bad/list.json", f"hydra.run.dir={ft}", "overwrite=true"
+    )
+    assert res.returncode == 2 and "holds a list" in res.stderr, res.stderr[-2000:]
+    assert (_digests(search), _digests(ft)) == before
+    assert not list(search.glob(".replaced-*")) and not list(ft.glob(".replaced-*"))
+
+
+def _popen(module: str, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", module, *args],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def _rows(run: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader((run / "episodes.csv").open())) if (run / "episodes.csv").is_file() else []
+
+
+def test_two_runs_into_one_directory_one_proceeds(world: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    args = [*train_args(world), "episodes=12", f"hydra.run.dir={run}"]
+    procs = [_popen("amc.train", *args) for _ in range(2)]
+    results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+    codes = sorted(code for code, _ in results)
+    assert codes == [0, 2], results
+    loser = next(err for code, err in results if code == 2)
+    errors = [ln for ln in loser.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in loser, loser[-2000:]
+    # Started together it meets the lock; started a little later, the finished search.
+    assert re.search(rf"another amc search is running in {run}|{run} already holds a finished search", errors[0])
+    assert len(_rows(run)) == 12 and json.loads((run / "summary.json").read_text())["episodes"] == 12
+    assert not list(run.glob(".replaced-*"))
+
+
+def test_search_killed_before_its_first_checkpoint_resumes_from_episode_0(world: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    args = [*train_args(world), "episodes=40", "callbacks.checkpoint_every=1000", f"hydra.run.dir={run}"]
+    proc = _popen("amc.train", *args)
+    deadline = time.time() + 120
+    while proc.poll() is None and time.time() < deadline and len(_rows(run)) < 2:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the search finished before it could be killed"
+    assert _rows(run) and not (run / "checkpoints" / "latest.json").exists()
+    again = cli("amc.train", *args)  # a new run into that directory points at resume=
+    assert again.returncode == 2 and f"resume={run}" in again.stderr, again.stderr[-2000:]
+    resumed = cli("amc.train", f"resume={run}", f"hydra.run.dir={tmp_path / 'log'}")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "restarting its search from episode 0" in resumed.stdout + resumed.stderr
+    assert [int(r["episode"]) for r in _rows(run)] == list(range(1, 41))
+    assert json.loads((run / "summary.json").read_text())["episodes"] == 40
+    assert not list(run.glob(".replaced-*"))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupt_prints_one_line_saying_how_to_resume(sig: signal.Signals, world: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    proc = _popen("amc.train", *train_args(world), "episodes=400", f"hydra.run.dir={run}")
+    deadline = time.time() + 120
+    while proc.poll() is None and time.time() < deadline and len(_rows(run)) < 2:
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + sig, err[-2000:]
+    assert "Traceback" not in err, err[-3000:]
+    errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and errors[0] == err.strip().splitlines()[-1], err[-2000:]
+    assert f"python -m amc.train resume={run}`" in errors[0]
+
+
+def test_hardware_report_reads_a_search_policy(world: Path, tmp_path: Path) -> None:
+    for policy in (world / "search", world / "search" / "best_policy.json"):
+        res = cli("amc.hardware", f"policy={policy}", f"hydra.run.dir={tmp_path / policy.name}", "plots=false")
+        assert res.returncode == 0, res.stderr[-2000:]
+        assert f"policy {policy}" in res.stdout
 
 
 def test_disk_full_during_a_checkpoint_keeps_the_previous_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
