@@ -305,7 +305,7 @@ def check_config(cfg: DictConfig | Mapping[str, Any], command: str | None = None
                 continue
             if not isinstance(node, DictConfig):
                 raise AmcError(f"{key[:-2]}={_show(node)} must be a mapping of {key[:-2]}.<name>=<value>")
-            for sub in node:
+            for sub in map(str, node.keys()):
                 check_value(f"{key[:-2]}.{sub}", _select(cfg, f"{key[:-2]}.{sub}"), rule)
             continue
         value = _select(cfg, key)

@@ -163,11 +163,11 @@ def prepare_run_dir(cfg: DictConfig) -> tuple[DictConfig, Path, Path | None, boo
         resumed[key] = cfg.get(key)
     resumed.resume = str(run_dir)
     check_config(resumed, "train")
+    checkpoint: Path | None = None
     if (run_dir / "checkpoints" / "latest.json").exists():
-        checkpoint: Path | None = latest_checkpoint(run_dir)
+        checkpoint = latest_checkpoint(run_dir)
         log.info("resuming %s from %s with the run's saved config", run_dir, checkpoint.name)
     else:  # killed before (or during) its first checkpoint: nothing to continue, so start it again
-        checkpoint = None
         log.warning("%s has no checkpoint yet: restarting its search from episode 0 with the saved config", run_dir)
     setup_run(resumed)
     return resumed, run_dir, checkpoint, checkpoint is None
