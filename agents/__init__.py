@@ -7,10 +7,11 @@ one (``agent=ddpg|random|uniform|greedy``).
 from amc.agents.base import Agent, CallbackList, EpisodeRecord, SearchCallback, SearchResult
 from amc.agents.baselines import GreedySearch, RandomSearch, UniformSearch
 from amc.agents.buffers import EpisodeRewardReplayBuffer
-from amc.agents.ddpg import DDPGAgent
+from amc.agents.ddpg import DDPGAgent, TD3Agent
 from amc.agents.ilp import ILPSearch
 from amc.agents.noise import TruncatedNormalNoise
 from amc.agents.policies import ActorCriticLrPolicy, ScaledLrAdam
+from amc.agents.sb3 import PPOAgent, SACAgent, SB3Agent, learner_best
 
 __all__ = [
     "ActorCriticLrPolicy",
@@ -25,6 +26,11 @@ __all__ = [
     "ScaledLrAdam",
     "SearchCallback",
     "SearchResult",
+    "PPOAgent",
+    "SACAgent",
+    "SB3Agent",
+    "TD3Agent",
     "TruncatedNormalNoise",
     "UniformSearch",
+    "learner_best",
 ]

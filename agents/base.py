@@ -198,6 +198,10 @@ class Agent(ABC):
         """Prepare for a search on ``env`` (idempotent; called by :meth:`search` and :meth:`load`)."""
         self.validate(episodes)
 
+    def episodes_needed(self, env: CompressionEnv) -> int:
+        """Episodes this agent's search takes on ``env`` when run as a demonstration (fixed-length agents)."""
+        raise AmcError(f"agent {self.name!r} has no natural episode count; it cannot be a demonstration")
+
     def search(self, env: CompressionEnv, episodes: int, callback: SearchCallback | None = None) -> SearchResult:
         """Run the search up to ``episodes`` episodes in total (continuing after a :meth:`load`).
 
@@ -307,13 +311,18 @@ class Agent(ABC):
 
 
 # --- helpers the baselines share --------------------------------------------------------------------
-def run_episode(env: CompressionEnv, actions: np.ndarray) -> dict[str, Any]:
+def run_episode(env: CompressionEnv, actions: np.ndarray, legal: bool = False) -> dict[str, Any]:
     """Play one episode with fixed per-step actions through the budget wall; return the final info.
 
     Args:
         env: the environment.
         actions: ``(n_units, action_dim)`` actions in [-1, 1].
+        legal: the actions ask for a configuration that meets every budget: play it unclipped
+            (:meth:`CompressionEnv.unclipped`), so no wall reshapes it on the way.
     """
+    if legal:
+        with env.unclipped():
+            return run_episode(env, actions)
     env.reset()
     info: dict[str, Any] = {}
     for t in range(env.n_units):
@@ -322,23 +331,12 @@ def run_episode(env: CompressionEnv, actions: np.ndarray) -> dict[str, Any]:
     return info
 
 
-def keep_action(ratio: float, min_keep: float) -> float:
-    """The keep-dimension action that the environment maps to ``ratio`` (inverse of its linear map)."""
-    if min_keep >= 1.0:
-        return 1.0
-    return float(np.clip(2.0 * (ratio - min_keep) / (1.0 - min_keep) - 1.0, -1.0, 1.0))
-
-
-def level_action(index: int, n: int) -> float:
-    """The bits-dimension action in the middle of level ``index``'s bin (of ``n`` equal bins)."""
-    return -1.0 + (2.0 * index + 1.0) / n
-
-
 def actions_for(env: CompressionEnv, kept: Sequence[int], w_bits: Sequence[int], a_bits: Sequence[int]) -> np.ndarray:
     """Per-step actions that make the environment choose exactly this configuration when it is legal.
 
-    Kept channels must be among the environment's candidates (``env.channel_choices``) and bits
-    among its levels.
+    The environment owns its action mapping (levels, reference); this asks it
+    (:meth:`CompressionEnv.actions_for`). Kept channels must be among ``env.channel_choices`` and bits
+    among each unit's levels (``env.w_choices``, ``env.a_choices``).
 
     Args:
         env: the environment.
@@ -346,17 +344,7 @@ def actions_for(env: CompressionEnv, kept: Sequence[int], w_bits: Sequence[int],
         w_bits: weight bits per unit.
         a_bits: activation bits per unit.
     """
-    out = np.zeros((env.n_units, env.action_dim), dtype=np.float32)
-    for t in range(env.n_units):
-        parts: list[float] = []
-        if env.prune:
-            gi = env.decides.get(t)
-            parts.append(1.0 if gi is None else keep_action(kept[gi] / env.graph.groups[gi].channels, env.min_keep))
-        if env.quantize:
-            parts.append(level_action(env.w_levels.index(int(w_bits[t])), len(env.w_levels)))
-            parts.append(level_action(env.a_levels.index(int(a_bits[t])), len(env.a_levels)))
-        out[t] = parts
-    return out
+    return env.actions_for(kept, w_bits, a_bits)
 
 
 def channels_at(env: CompressionEnv, group: int, ratio: float) -> int:

@@ -54,11 +54,8 @@ class RandomSearch(Agent):
 
 
 def uniform_config(env: CompressionEnv, ratio: float, bits: int) -> Config:
-    """Every decided group at (about) ``ratio`` of its channels, every unit at ``bits`` weight and activation bits."""
-    kept = env.min_kept.copy()
-    for gi in env.decides.values():
-        kept[gi] = channels_at(env, gi, ratio)
-    return kept, np.full(env.n_units, bits, dtype=np.int64), np.full(env.n_units, bits, dtype=np.int64)
+    """Every decided group at (about) ``ratio`` of its channels, every unit at its largest level <= ``bits``."""
+    return env.uniform_config(ratio, bits)
 
 
 class UniformSearch(Agent):
@@ -92,47 +89,20 @@ class UniformSearch(Agent):
                     "no uniform configuration meets the budgets; raise the budgets or lower min_keep/min bits"
                 )
 
+    def episodes_needed(self, env: CompressionEnv) -> int:
+        """One episode per candidate."""
+        return len(self.candidates or self.find_candidates(env))
+
     def find_candidates(self, env: CompressionEnv) -> list[tuple[float, int]]:
         """(keep ratio, bits) pairs, highest bits first, each with the largest feasible shared ratio."""
-        levels = [b for b in env.w_levels if b in env.a_levels] or [env.w_levels[0]]
-        out: list[tuple[float, int]] = []
-        for bits in sorted(levels, reverse=True):
-            ratio = self.largest_ratio(env, bits)
-            if ratio is None or (out and ratio <= out[-1][0]):
-                continue  # fewer bits for no more channels: dominated
-            out.append((ratio, bits))
-            if not env.decides or ratio >= 1.0:
-                break  # fewer bits cannot keep more channels
-        return out
-
-    def largest_ratio(self, env: CompressionEnv, bits: int) -> float | None:
-        """The largest shared keep ratio meeting the budgets at ``bits`` (``None``: none does)."""
-
-        def ok(r: float) -> bool:
-            return env.wall.feasible(*uniform_config(env, r, bits))
-
-        if not env.decides:
-            return 1.0 if ok(1.0) else None
-        grid = np.linspace(env.min_keep, 1.0, self.grid)
-        # A hardware model need not be monotone in channels, so scan the whole grid before bisecting.
-        feasible = [r for r in grid if ok(float(r))]
-        if not feasible:
-            return None
-        lo = float(feasible[-1])
-        if lo >= 1.0:
-            return 1.0
-        hi = float(grid[np.searchsorted(grid, lo, side="right")])
-        for _ in range(30):
-            mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if ok(mid) else (lo, mid)
-        return lo
+        return env.uniform_candidates(self.grid)
 
     def _search(self, env: CompressionEnv, episodes: int, callback: SearchCallback) -> None:
         for i in range(self.episodes_done, min(episodes, len(self.candidates))):
             ratio, bits = self.candidates[i]
             t0 = time.perf_counter()
             config = uniform_config(env, ratio, bits)
-            info = run_episode(env, actions_for(env, *config))
+            info = run_episode(env, actions_for(env, *config), legal=env.wall.feasible(*config))
             _check_unclipped(env, config)
             self.record(
                 info,
@@ -197,7 +167,7 @@ class GreedySearch(Agent):
                 if len(values) > 1:
                     dims.append(("keep", gi, values))
             if env.quantize:
-                for kind, levels in (("w", env.w_levels), ("a", env.a_levels)):
+                for kind, levels in (("w", env.w_choices[t]), ("a", env.a_choices[t])):
                     values = [levels[-1]] + [
                         b for b in sorted(set(self.bit_levels), reverse=True) if b in levels and b < levels[-1]
                     ]
@@ -211,6 +181,10 @@ class GreedySearch(Agent):
         if not self.scans:
             self._plan(env)
         return len(self.scans)
+
+    def episodes_needed(self, env: CompressionEnv) -> int:
+        """The sensitivity scan plus the allocation's episode."""
+        return self.scan_episodes(env) + 1
 
     def setup(self, env: CompressionEnv, episodes: int) -> None:
         super().setup(env, episodes)
@@ -226,8 +200,8 @@ class GreedySearch(Agent):
         kept = env.min_kept.copy()
         for gi in env.decides.values():
             kept[gi] = env.graph.groups[gi].channels
-        w = np.full(env.n_units, env.w_levels[-1], dtype=np.int64)
-        a = np.full(env.n_units, env.a_levels[-1], dtype=np.int64)
+        w = np.array([c[-1] for c in env.w_choices], dtype=np.int64)
+        a = np.array([c[-1] for c in env.a_choices], dtype=np.int64)
         for (kind, index, values), lv in zip(self.dims, levels):
             {"keep": kept, "w": w, "a": a}[kind][index] = values[lv]
         return kept, w, a
@@ -247,7 +221,7 @@ class GreedySearch(Agent):
         if self.episodes_done == len(self.scans):
             t0 = time.perf_counter()
             config = self.config(env, self.allocate(env))
-            info = run_episode(env, actions_for(env, *config))
+            info = run_episode(env, actions_for(env, *config), legal=env.wall.feasible(*config))
             _check_unclipped(env, config)
             self.record(info, "greedy", time.perf_counter() - t0, callback)
             callback.on_safe_point(self, self.episodes_done)

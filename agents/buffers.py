@@ -36,6 +36,9 @@ class EpisodeRewardReplayBuffer(ReplayBuffer):
         backfill: give all transitions of an episode its final reward.
         baseline: subtract the moving-average baseline from sampled rewards.
         baseline_alpha: update rate of the baseline (AMC ``moving_alpha``).
+        relabel: at the end of an episode, replace its stored actions with ``infos[0]["actions"]`` when
+            the environment reports them (the actions of the configuration actually evaluated, e.g. after
+            the budget wall's repair), so the critic learns the value of what was measured.
     """
 
     def __init__(
@@ -50,6 +53,7 @@ class EpisodeRewardReplayBuffer(ReplayBuffer):
         backfill: bool = True,
         baseline: bool = True,
         baseline_alpha: float = 0.5,
+        relabel: bool = False,
     ) -> None:
         if n_envs != 1 or optimize_memory_usage:
             raise ValueError("EpisodeRewardReplayBuffer supports one environment without optimize_memory_usage")
@@ -65,6 +69,7 @@ class EpisodeRewardReplayBuffer(ReplayBuffer):
         self.backfill = bool(backfill)
         self.use_baseline = bool(baseline)
         self.baseline_alpha = float(baseline_alpha)
+        self.relabel = bool(relabel)
         self.baseline: float | None = None
         self.episode_positions: list[int] = []
 
@@ -84,6 +89,11 @@ class EpisodeRewardReplayBuffer(ReplayBuffer):
             if self.backfill:
                 # An episode is shorter than the buffer, so its positions are distinct even after a wrap.
                 self.rewards[self.episode_positions, 0] = np.asarray(reward, dtype=np.float32).reshape(-1)[0]
+            executed = infos[0].get("actions") if infos else None
+            if self.relabel and executed is not None and len(executed) == len(self.episode_positions):
+                self.actions[self.episode_positions, 0] = np.asarray(executed, dtype=np.float32).reshape(
+                    len(self.episode_positions), -1
+                )
             self.episode_positions = []
 
     def sample(self, batch_size: int, env: VecNormalize | None = None) -> ReplayBufferSamples:

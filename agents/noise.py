@@ -34,6 +34,7 @@ class TruncatedNormalNoise(ActionNoise):
         warmup_steps: calls answered with zeros (SB3's ``learning_starts``).
         seed: seed of the noise's own generator.
         center: returns the actor's action for the current observation (truncation around it).
+        floor: sigma never decays below this (0: AMC's unbounded decay).
     """
 
     def __init__(
@@ -46,6 +47,7 @@ class TruncatedNormalNoise(ActionNoise):
         warmup_steps: int = 0,
         seed: int = 0,
         center: Callable[[], np.ndarray] | None = None,
+        floor: float = 0.0,
     ) -> None:
         super().__init__()
         if sigma < 0 or not 0 < decay <= 1:
@@ -54,6 +56,7 @@ class TruncatedNormalNoise(ActionNoise):
         self.sigma0 = float(sigma)
         self.sigma = float(sigma)
         self.decay = float(decay)
+        self.floor = min(float(floor), self.sigma0)
         self.low, self.high = float(low), float(high)
         self.center = center
         self.warmup_steps = int(warmup_steps)
@@ -98,7 +101,7 @@ class TruncatedNormalNoise(ActionNoise):
     def reset(self) -> None:
         """End of an episode: decay sigma if this episode drew noise."""
         if self.drawn:
-            self.sigma *= self.decay
+            self.sigma = max(self.floor, self.sigma * self.decay)
         self.drawn = False
 
     def state_dict(self) -> dict[str, Any]:

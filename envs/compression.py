@@ -10,18 +10,40 @@ the env:
 - ``joint`` mode (default): 3 dims, keep ratio, weight bits, activation bits.
 
 A coupled group is decided once, by its first producer in forward order; for the other units (and
-for groups that cannot be pruned) the keep dimension is ignored and the observation says so. The
-budget wall (:mod:`amc.envs.budget`) clips every decision so the final configuration meets every
-budget. At the last step the policy is applied (:class:`amc.compress.Compressor`), the compressed
-model is evaluated on the search split, and the reward function turns the metrics into the reward.
+for groups that cannot be pruned) the keep dimension is ignored and the observation says so.
+
+Three choices shape the problem the agent is given (each a constructor argument and a key of
+``conf/env/*.yaml``):
+
+- ``levels``: ``hardware`` offers each unit only the bitwidths that are not dominated: a level is
+  dropped when a higher one costs no more in every metric that steers the search (each budget, and
+  each metric the reward weighs), at the dense and at the smallest channel counts, computed from the
+  cost and hardware models themselves (so it holds for every preset and lookup table). On BitFusion's
+  2/4/8-bit bricks under a latency budget, 3 bits cost what 4 do and 5-7 what 8 do, leaving 2/4/8.
+  ``all`` offers every level (HAQ's equal bins over ``min..max`` bits).
+- ``wall``: how the hard budgets are kept (:mod:`amc.envs.budget`). ``front`` (AMC) clips each
+  decision so that it and every undecided unit at its *minimum* fit, which lets the first units take
+  what they ask and starves the last; ``reserve`` holds the undecided units at the *reference*
+  policy instead (a fair share); ``repair`` lets the agent choose freely and, after the last unit,
+  lowers bits (then channels) from the last unit backwards until every budget holds (HAQ).
+- ``reference``: the policy the actions are centred on. Action 0 maps to the reference's level and
+  keep ratio, -1 and +1 to the smallest and largest choice, piecewise linearly in between, so an
+  actor whose output is 0 reproduces the reference. ``uniform`` uses the largest uniform policy that
+  meets the budgets (cost model only, no episode); ``none`` uses HAQ's equal bins and AMC's linear keep
+  map. Agents may replace it (:meth:`CompressionEnv.set_reference`), e.g. with the best demonstration.
+
+Budgets always hold exactly for the configuration that is evaluated. At the last step the policy is
+applied (:class:`amc.compress.Compressor`), the compressed model is evaluated on the search split, and
+the reward function turns the metrics into the reward.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import gymnasium as gym
@@ -64,6 +86,33 @@ def action_to_level(a: float, n: int) -> int:
     return int(min(n - 1, max(0, math.floor((float(a) + 1.0) / 2.0 * n))))
 
 
+def level_action(index: int, n: int) -> float:
+    """The action in the middle of level ``index``'s bin (of ``n`` equal bins): inverse of :func:`action_to_level`."""
+    return -1.0 + (2.0 * index + 1.0) / n
+
+
+def anchored_position(a: float, ref: float, low: float, high: float) -> float:
+    """Piecewise-linear map of an action in [-1, 1] onto [low, high] with 0 at ``ref``.
+
+    -1 gives ``low``, 0 gives ``ref`` and 1 gives ``high``; each half is linear, so an actor that
+    outputs 0 reproduces the reference exactly.
+    """
+    a = float(a)
+    return ref + a * (high - ref) if a >= 0 else ref + a * (ref - low)
+
+
+def anchored_action(pos: float, ref: float, low: float, high: float) -> float:
+    """Inverse of :func:`anchored_position` (a position outside [low, high] is clipped)."""
+    if pos >= ref:
+        return 0.0 if high <= ref else float(min(1.0, (pos - ref) / (high - ref)))
+    return 0.0 if ref <= low else float(max(-1.0, (pos - ref) / (ref - low)))
+
+
+WALLS = ("front", "reserve", "repair")
+LEVEL_SETS = ("hardware", "all")
+REFERENCES = ("uniform", "none")
+
+
 class CompressionEnv(gym.Env):
     """Gymnasium environment for pruning, quantization or both.
 
@@ -85,6 +134,11 @@ class CompressionEnv(gym.Env):
         dense_accuracy: the baseline's search accuracy (measured at construction when omitted).
         nonfinite: what an episode whose compressed model outputs NaN/inf does: ``skip`` (logged, reward 0,
             never the best, the search goes on) or ``fail`` (stop with an error).
+        levels: ``hardware`` (drop bitwidths dominated on the hardware model) or ``all``.
+        wall: ``front`` (AMC: undecided units at their minimum), ``reserve`` (undecided units at the
+            reference) or ``repair`` (free choice, then HAQ's repair from the last unit).
+        reference: ``uniform`` (actions centred on the largest uniform policy within budget) or ``none``
+            (equal bins, linear keep map).
     """
 
     metadata = {"render_modes": []}
@@ -106,10 +160,20 @@ class CompressionEnv(gym.Env):
         device: str | torch.device = "cpu",
         dense_accuracy: float | None = None,
         nonfinite: str = "skip",
+        levels: str = "hardware",
+        wall: str = "repair",
+        reference: str = "uniform",
     ) -> None:
         super().__init__()
         if nonfinite not in ("skip", "fail"):
             raise AmcError(f"nonfinite={nonfinite!r} is not an option; use skip (log and continue) or fail")
+        for key, value, options in (
+            ("levels", levels, LEVEL_SETS),
+            ("wall", wall, WALLS),
+            ("reference", reference, REFERENCES),
+        ):
+            if value not in options:
+                raise AmcError(f"env.{key}={value!r} is not an option; choose one of {', '.join(options)}")
         self.nonfinite, self.nonfinite_episodes = nonfinite, 0
         if mode not in MODES:
             raise AmcError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
@@ -126,6 +190,7 @@ class CompressionEnv(gym.Env):
         self.eval_batch_size = int(eval_batch_size)
         self.min_keep = float(min_keep)
         self.channel_multiple = max(1, int(channel_multiple))
+        self.levels, self.wall_mode, self.reference_mode = levels, wall, reference
         self.w_levels = bit_levels(int(w_bits[0]), int(w_bits[1]), allow_fp32) if self.quantize else [FP32]
         self.a_levels = bit_levels(int(a_bits[0]), int(a_bits[1]), allow_fp32) if self.quantize else [FP32]
 
@@ -163,14 +228,24 @@ class CompressionEnv(gym.Env):
             [self.channel_choices[g.index][0] if g.index in self.channel_choices else g.channels for g in groups],
             dtype=np.int64,
         )
-        self.min_w = np.full(self.n_units, self.w_levels[0], dtype=np.int64)
-        self.min_a = np.full(self.n_units, self.a_levels[0], dtype=np.int64)
+        self.full_kept = np.array([g.channels for g in groups], dtype=np.int64)
+        # Bitwidths each unit may choose (ascending): the whole range, or the hardware's non-dominated ones.
+        self.w_choices, self.a_choices = self._unit_levels()
+        self.min_w = np.array([c[0] for c in self.w_choices], dtype=np.int64)
+        self.min_a = np.array([c[0] for c in self.a_choices], dtype=np.int64)
         self.wall.check_reachable(self.min_kept, self.min_w, self.min_a)
 
         self.action_dim = {"prune": 1, "quantize": 2, "joint": 3}[mode]
         self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(self.action_dim,), dtype=np.float32)
         self.features = FeatureBuilder(self.graph, self.wall.names)
         self.observation_space = gym.spaces.Box(0.0, 1.0, shape=(self.features.size,), dtype=np.float32)
+        self.reference: Policy | None = None
+        self.reserve: Policy | None = None
+        if reference == "uniform" or wall == "reserve":
+            uniform = self.uniform_solution()
+            self.reserve = uniform
+            if reference == "uniform":
+                self.reference = uniform
         self.dense_accuracy = dense_accuracy if dense_accuracy is not None else self._evaluate(compressor.model)
         if not math.isfinite(self.dense_accuracy):
             raise AmcError(
@@ -180,12 +255,169 @@ class CompressionEnv(gym.Env):
         self._t = 0
         self._reset_state()
 
+    # --- action levels -------------------------------------------------------------------------
+    def _unit_levels(self) -> tuple[list[list[int]], list[list[int]]]:
+        """Per unit, the weight and activation bitwidths offered (see ``levels``)."""
+        n = self.n_units
+        w_all = [list(self.w_levels) for _ in range(n)]
+        a_all = [list(self.a_levels) for _ in range(n)]
+        # The costs that steer the search: the budgets and whatever the reward weighs (BlendedReward.weights).
+        weighed = set(getattr(self.reward_fn, "weights", None) or {})
+        names = [m for m in METRICS if m in self.wall.names or m in weighed]
+        names = [m for m in names if m not in ("latency", "energy") or self.evaluator.hardware is not None]
+        if self.levels == "all" or not self.quantize or not names:
+            return w_all, a_all
+        probes = [self.full_kept, self.min_kept]  # dominated at the dense and at the smallest channel counts
+        base_w = np.full(n, FP32, dtype=np.int64)
+        base_a = np.full(n, FP32, dtype=np.int64)
+
+        def cost(t: int, w: int, a: int) -> np.ndarray:
+            out = []
+            for kept in probes:
+                bw, ba = base_w.copy(), base_a.copy()
+                bw[t], ba[t] = w, a
+                m = self.evaluator.metrics(kept, bw, ba, names)
+                out.extend(m[k] for k in names)
+            return np.array(out)
+
+        def keep(levels: list[int], others: list[int], t: int, weights: bool) -> list[int]:
+            table = {b: np.concatenate([cost(t, b, o) if weights else cost(t, o, b) for o in others]) for b in levels}
+            kept = []
+            for b in levels:
+                higher = [c for c in levels if c > b]
+                if not any(np.all(table[c] <= table[b] * (1 + 1e-12) + 1e-30) for c in higher):
+                    kept.append(b)
+            return kept
+
+        w_out, a_out = [], []
+        for t in range(n):
+            w_out.append(keep(self.w_levels, self.a_levels, t, True))
+            a_out.append(keep(self.a_levels, self.w_levels, t, False))
+        return w_out, a_out
+
+    @staticmethod
+    def snap(choices: Sequence[int], value: float) -> int:
+        """The largest of ascending ``choices`` not above ``value`` (the smallest when none is)."""
+        i = int(np.searchsorted(choices, value + 1e-9, side="right")) - 1
+        return int(choices[max(0, i)])
+
+    def uniform_config(self, ratio: float, bits: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every decided group at (about) ``ratio`` of its channels; every unit at the largest level <= ``bits``."""
+        kept = self.min_kept.copy()
+        for gi in self.decides.values():
+            choices = self.channel_choices[gi]
+            kept[gi] = self.snap(choices, ratio * self.graph.groups[gi].channels)
+        w = np.array([self.snap(c, bits) for c in self.w_choices], dtype=np.int64)
+        a = np.array([self.snap(c, bits) for c in self.a_choices], dtype=np.int64)
+        return kept, w, a
+
+    def largest_uniform_ratio(self, bits: int, grid: int = 101) -> float | None:
+        """The largest shared keep ratio meeting the budgets at ``bits`` (``None``: none does).
+
+        Args:
+            bits: the shared bitwidth (each unit takes its largest level not above it).
+            grid: points of the keep-ratio grid scanned before bisection (a hardware model need not be
+                monotone in channels, so the whole grid is scanned first).
+        """
+
+        def ok(r: float) -> bool:
+            return self.wall.feasible(*self.uniform_config(r, bits))
+
+        if not self.decides:
+            return 1.0 if ok(1.0) else None
+        points = np.linspace(self.min_keep, 1.0, grid)
+        feasible = [r for r in points if ok(float(r))]
+        if not feasible:
+            return None
+        lo = float(feasible[-1])
+        if lo >= 1.0:
+            return 1.0
+        hi = float(points[np.searchsorted(points, lo, side="right")])
+        for _ in range(30):
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if ok(mid) else (lo, mid)
+        return lo
+
+    def uniform_candidates(self, grid: int = 101) -> list[tuple[float, int]]:
+        """(keep ratio, bits) pairs, highest bits first, each with the largest feasible shared keep ratio.
+
+        Candidates that keep no more channels than one with more bits are dominated and dropped; the
+        list stops at one that keeps every channel.
+        """
+        shared = sorted({b for c in self.w_choices + self.a_choices for b in c}, reverse=True)
+        out: list[tuple[float, int]] = []
+        for bits in shared:
+            ratio = self.largest_uniform_ratio(bits, grid)
+            if ratio is None or (out and ratio <= out[-1][0]):
+                continue
+            out.append((ratio, bits))
+            if not self.decides or ratio >= 1.0:
+                break
+        return out
+
+    def uniform_solution(self) -> Policy:
+        """The uniform policy that keeps the most of the model within budget (cost model only).
+
+        Among :meth:`uniform_candidates`, the one with the most bits whose keep ratio is at least 0.9 of
+        the best ratio on offer, so neither channels nor bits are given away for a sliver of the other.
+        Falls back to the all-minimum configuration (always legal) when no uniform policy fits.
+        """
+        candidates = self.uniform_candidates()
+        if not candidates:
+            return Policy([int(k) for k in self.min_kept], [int(b) for b in self.min_w], [int(b) for b in self.min_a])
+        best_ratio = max(r for r, _ in candidates)
+        ratio, bits = next((r, b) for r, b in candidates if r >= 0.9 * best_ratio)
+        kept, w, a = self.uniform_config(ratio, bits)
+        return Policy([int(k) for k in kept], [int(b) for b in w], [int(b) for b in a])
+
+    def set_reference(self, policy: Policy) -> None:
+        """Centre the actions on ``policy`` (and, with ``wall=reserve``, hold undecided units at it when it fits).
+
+        Args:
+            policy: kept channels among :attr:`channel_choices` and bits among each unit's levels.
+
+        Raises:
+            AmcError: the policy is not made of this environment's choices.
+        """
+        policy = Policy([int(k) for k in policy.kept], [int(b) for b in policy.w_bits], [int(b) for b in policy.a_bits])
+        policy.validate(self.graph)
+        for t in range(self.n_units):
+            if policy.w_bits[t] not in self.w_choices[t] or policy.a_bits[t] not in self.a_choices[t]:
+                raise AmcError(
+                    f"reference bits {policy.w_bits[t]}/{policy.a_bits[t]} at unit {t} are not among its levels "
+                    f"{self.w_choices[t]}/{self.a_choices[t]}; use a policy searched in this environment"
+                )
+        for gi, choices in self.channel_choices.items():
+            if policy.kept[gi] not in choices:
+                raise AmcError(f"reference keeps {policy.kept[gi]} channels in group {gi}, not one of its choices")
+        self.reference = policy
+        if self.wall_mode in ("reserve", "repair") and self.wall.feasible(policy.kept, policy.w_bits, policy.a_bits):
+            self.reserve = policy
+        self._reset_state()
+
+    @contextlib.contextmanager
+    def unclipped(self) -> Iterator[None]:
+        """Within this block every wish is taken as it is and a configuration over budget is repaired at the end.
+
+        For replaying a configuration known to fit (a baseline's or a demonstration's): the ``reserve``
+        wall could otherwise lower an early unit that a later, smaller unit pays for. Budgets still hold.
+        """
+        saved = self.wall_mode
+        self.wall_mode = "repair"
+        try:
+            yield
+        finally:
+            self.wall_mode = saved
+
     # --- episode state -------------------------------------------------------------------------
     def _reset_state(self) -> None:
         self._t = 0
-        self.kept = self.min_kept.copy()
-        self.w = self.min_w.copy()
-        self.a = self.min_a.copy()
+        if self.wall_mode == "front" or self.reserve is None:
+            self.kept, self.w, self.a = self.min_kept.copy(), self.min_w.copy(), self.min_a.copy()
+        else:  # undecided units stand at the reserve (their fair share) until decided
+            r = self.reserve
+            self.kept = np.array(r.kept, dtype=np.int64)
+            self.w, self.a = np.array(r.w_bits, dtype=np.int64), np.array(r.a_bits, dtype=np.int64)
         self.ratio_actions = np.ones(self.n_units)
         self._prev = (1.0, 1.0, 1.0)
         self._wall_seconds = 0.0
@@ -196,17 +428,45 @@ class CompressionEnv(gym.Env):
         self._reset_state()
         return self._observation(), {}
 
+    def _legal_top(self, t: int) -> tuple[float, float, float]:
+        """Largest legal keep ratio, weight bits and activation bits of unit ``t`` now (fractions of their maximum)."""
+        keep = w = a = 1.0
+        if self.wall_mode == "repair" or not self.wall.names:
+            return keep, w, a
+        if self.prune and t in self.decides:
+            gi = self.decides[t]
+            top = self._largest_legal_keep(gi, self.channel_choices[gi][-1])
+            keep = top / self.graph.groups[gi].channels
+        if self.quantize:
+            w = self._largest_legal_bits(t, "w", self.w_choices[t][-1]) / max(self.w_levels)
+            a = self._largest_legal_bits(t, "a", self.a_choices[t][-1]) / max(self.a_levels)
+        return keep, w, a
+
+    def observation(self) -> np.ndarray:
+        """The observation of the current step (what ``reset``/``step`` return)."""
+        return self._observation()
+
     def _observation(self) -> np.ndarray:
         t = min(self._t, self.n_units - 1)
         dense = self.evaluator.dense
         unit_macs, _ = self.cost_model.unit_macs_params(self.kept)
         ratios = self.wall.ratios(self.kept, self.w, self.a) if self.wall.names else {}
+        ref = (1.0, 1.0, 1.0)
+        if self.reference is not None:
+            gi = self.decides.get(t)
+            ref = (
+                1.0 if gi is None else self.reference.kept[gi] / self.graph.groups[gi].channels,
+                self.reference.w_bits[t] / max(self.w_levels),
+                self.reference.a_bits[t] / max(self.a_levels),
+            )
         return self.features.build(
             t=t,
             decides=t in self.decides,
             macs_before=float(unit_macs[:t].sum()) / dense["macs"],
             prev=self._prev,
             budget_use={n: ratios[n] / self.wall.budgets[n] for n in self.wall.names},
+            reference=ref,
+            legal=self._legal_top(t) if self._t < self.n_units else (1.0, 1.0, 1.0),
         )
 
     # --- actions -------------------------------------------------------------------------------
@@ -223,8 +483,83 @@ class CompressionEnv(gym.Env):
             return None, a[0], a[1]
         return a[0], a[1], a[2]
 
+    def keep_wish(self, group: int, action: float) -> int:
+        """Kept channels an action asks for in ``group`` (before the wall), rounded to a channel choice."""
+        channels = self.graph.groups[group].channels
+        if self.reference is None:
+            ratio = self.min_keep + (action + 1.0) / 2.0 * (1.0 - self.min_keep)
+        else:
+            ratio = anchored_position(action, self.reference.kept[group] / channels, self.min_keep, 1.0)
+        wish = round_channels(ratio * channels, channels, self.channel_multiple, math.ceil(self.min_keep * channels))
+        return int(wish)
+
+    def bits_wish(self, t: int, kind: str, action: float) -> int:
+        """Bits an action asks for at unit ``t`` (``kind`` ``w`` or ``a``), before the wall."""
+        choices = self.w_choices[t] if kind == "w" else self.a_choices[t]
+        if self.reference is None:
+            return int(choices[action_to_level(action, len(choices))])
+        ref = (self.reference.w_bits if kind == "w" else self.reference.a_bits)[t]
+        r = choices.index(ref)
+        pos = anchored_position(action, r, 0, len(choices) - 1)
+        return int(choices[int(min(len(choices) - 1, max(0, math.floor(pos + 0.5))))])
+
+    def _largest_legal_keep(self, gi: int, wish: int) -> int:
+        def legal(k: int) -> bool:
+            kept = self.kept.copy()
+            kept[gi] = k
+            return self.wall.feasible(kept, self.w, self.a)
+
+        return BudgetWall.largest_legal(self.channel_choices[gi], wish, legal)
+
+    def _largest_legal_bits(self, t: int, kind: str, wish: int) -> int:
+        choices = self.w_choices[t] if kind == "w" else self.a_choices[t]
+
+        def legal(b: int) -> bool:
+            w, a = self.w.copy(), self.a.copy()
+            (w if kind == "w" else a)[t] = b
+            return self.wall.feasible(self.kept, w, a)
+
+        return BudgetWall.largest_legal(choices, wish, legal)
+
+    def actions_for(self, kept: Sequence[int], w_bits: Sequence[int], a_bits: Sequence[int]) -> np.ndarray:
+        """Per-step actions (``(n_units, action_dim)``) that ask for exactly this configuration.
+
+        Kept channels must be among :attr:`channel_choices` and bits among each unit's levels; the
+        wall may still lower a wish that does not fit.
+        """
+        out = np.zeros((self.n_units, self.action_dim), dtype=np.float32)
+        for t in range(self.n_units):
+            parts: list[float] = []
+            if self.prune:
+                gi = self.decides.get(t)
+                parts.append(0.0 if gi is None else self._keep_action(gi, int(kept[gi])))
+            if self.quantize:
+                parts.append(self._bits_action(t, "w", int(w_bits[t])))
+                parts.append(self._bits_action(t, "a", int(a_bits[t])))
+            out[t] = parts
+        return out
+
+    def _keep_action(self, gi: int, k: int) -> float:
+        channels = self.graph.groups[gi].channels
+        ratio = k / channels
+        if self.reference is None:
+            if self.min_keep >= 1.0:
+                return 1.0
+            return float(np.clip(2.0 * (ratio - self.min_keep) / (1.0 - self.min_keep) - 1.0, -1.0, 1.0))
+        return anchored_action(ratio, self.reference.kept[gi] / channels, self.min_keep, 1.0)
+
+    def _bits_action(self, t: int, kind: str, bits: int) -> float:
+        choices = self.w_choices[t] if kind == "w" else self.a_choices[t]
+        if bits not in choices:
+            raise AmcError(f"{bits} {kind}-bits is not a level of unit {t} ({choices}); pick one of its levels")
+        i = choices.index(bits)
+        if self.reference is None:
+            return level_action(i, len(choices))
+        ref = (self.reference.w_bits if kind == "w" else self.reference.a_bits)[t]
+        return anchored_action(i, choices.index(ref), 0, len(choices) - 1)
+
     def step(self, action: np.ndarray) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        """Decide unit t's channels and bits (clipped by the budget wall); evaluate after the last unit."""
+        """Decide unit t's channels and bits (through the budget wall); evaluate after the last unit."""
         self.decide(action)
         if self._t < self.n_units:
             return self._observation(), 0.0, False, False, {}
@@ -235,50 +570,85 @@ class CompressionEnv(gym.Env):
         """Apply one step's action through the budget wall and move to the next unit (no evaluation).
 
         ``step`` calls this; baselines and tests that only need the legal policy may call it directly.
+        With ``wall=repair`` the wish is taken as it is and :meth:`repair` runs after the last unit.
         """
         if self._t >= self.n_units:
             raise RuntimeError("episode is over; call reset()")
         t0 = time.perf_counter()
         keep_a, w_a, a_a = self._split_action(action)
         t = self._t
+        free = self.wall_mode == "repair"
         keep_ratio = 1.0
         if keep_a is not None and t in self.decides:
             gi = self.decides[t]
-            channels = self.graph.groups[gi].channels
-            keep_ratio = self.min_keep + (keep_a + 1.0) / 2.0 * (1.0 - self.min_keep)
-            wish = round_channels(
-                keep_ratio * channels, channels, self.channel_multiple, math.ceil(self.min_keep * channels)
-            )
-
-            def legal_k(k: int) -> bool:
-                kept = self.kept.copy()
-                kept[gi] = k
-                return self.wall.feasible(kept, self.w, self.a)
-
-            self.kept[gi] = BudgetWall.largest_legal(self.channel_choices[gi], wish, legal_k)
-            keep_ratio = self.kept[gi] / channels
+            wish = self.keep_wish(gi, keep_a)
+            self.kept[gi] = wish if free else self._largest_legal_keep(gi, wish)
+            keep_ratio = self.kept[gi] / self.graph.groups[gi].channels
         if w_a is not None:
-            wish_w = self.w_levels[action_to_level(w_a, len(self.w_levels))]
-
-            def legal_w(b: int) -> bool:
-                w = self.w.copy()
-                w[t] = b
-                return self.wall.feasible(self.kept, w, self.a)
-
-            self.w[t] = BudgetWall.largest_legal(self.w_levels, wish_w, legal_w)
+            wish = self.bits_wish(t, "w", w_a)
+            self.w[t] = wish if free else self._largest_legal_bits(t, "w", wish)
         if a_a is not None:
-            wish_a = self.a_levels[action_to_level(a_a, len(self.a_levels))]
-
-            def legal_a(b: int) -> bool:
-                a = self.a.copy()
-                a[t] = b
-                return self.wall.feasible(self.kept, self.w, a)
-
-            self.a[t] = BudgetWall.largest_legal(self.a_levels, wish_a, legal_a)
+            wish = self.bits_wish(t, "a", a_a)
+            self.a[t] = wish if free else self._largest_legal_bits(t, "a", wish)
         self.ratio_actions[t] = keep_ratio
         self._prev = (keep_ratio, self.w[t] / max(self.w_levels), self.a[t] / max(self.a_levels))
         self._t += 1
+        if self._t == self.n_units and free:
+            self.repair()
         self._wall_seconds += time.perf_counter() - t0
+
+    def repair(self) -> None:
+        """HAQ's repair: from the last unit backwards, lower bits one level (then channels) until every budget holds.
+
+        With a reference, what was asked *above* the reference is taken back first (from the last unit
+        backwards, each dimension down to the reference's value), so exploring around a legal reference
+        costs at most the reference's own choices; only then does HAQ's loop run. Each pass visits the
+        units from last to first and lowers, one step at a time, the weight bits, the activation bits
+        and (for a unit that decides a group) the kept channels by a tenth of the group's range,
+        stopping as soon as the configuration fits. The all-minimum configuration fits (checked at
+        construction), so the loop ends.
+        """
+        feasible = self.wall.feasible
+        if feasible(self.kept, self.w, self.a):
+            return
+        ref = self.reference
+        if ref is not None:  # first take back, from the last unit, what was asked above the reference
+            for t in reversed(range(self.n_units)):
+                gi = self.decides.get(t) if self.prune else None
+                if gi is not None and self.kept[gi] > ref.kept[gi]:
+                    self.kept[gi] = ref.kept[gi]
+                    if feasible(self.kept, self.w, self.a):
+                        return
+                for arr, target in ((self.w, ref.w_bits[t]), (self.a, ref.a_bits[t])):
+                    if self.quantize and arr[t] > target:
+                        arr[t] = target
+                        if feasible(self.kept, self.w, self.a):
+                            return
+        while not feasible(self.kept, self.w, self.a):
+            changed = False
+            for t in reversed(range(self.n_units)):
+                for kind in ("w", "a"):
+                    if not self.quantize:
+                        continue
+                    arr, choices = (self.w, self.w_choices[t]) if kind == "w" else (self.a, self.a_choices[t])
+                    i = choices.index(int(arr[t]))
+                    if i > 0:
+                        arr[t] = choices[i - 1]
+                        changed = True
+                        if feasible(self.kept, self.w, self.a):
+                            return
+                gi = self.decides.get(t) if self.prune else None
+                if gi is not None:
+                    choices = self.channel_choices[gi]
+                    step = max(1.0, 0.1 * (choices[-1] - choices[0]))
+                    lower = self.snap(choices, self.kept[gi] - step)
+                    if lower < self.kept[gi]:
+                        self.kept[gi] = lower
+                        changed = True
+                        if feasible(self.kept, self.w, self.a):
+                            return
+            if not changed:
+                raise AssertionError("repair reached the minimum configuration without meeting the budgets")
 
     # --- end of episode ------------------------------------------------------------------------
     def policy(self) -> Policy:
@@ -292,7 +662,11 @@ class CompressionEnv(gym.Env):
         return float("nan") if res["nonfinite"] else res["top1"]
 
     def _finish(self) -> dict[str, Any]:
-        return self.evaluate(self.policy(), {"wall_and_features": self._wall_seconds})
+        info = self.evaluate(self.policy(), {"wall_and_features": self._wall_seconds})
+        # The actions that ask for the evaluated configuration: after a repair they differ from the agent's,
+        # and an agent may store these instead (the critic then learns the value of what was evaluated).
+        info["actions"] = self.actions_for(self.kept, self.w, self.a)
+        return info
 
     def evaluate(self, policy: Policy, timing: dict[str, float] | None = None) -> dict[str, Any]:
         """Compress, evaluate and reward ``policy``: the end-of-episode ``info``.
@@ -334,7 +708,19 @@ class CompressionEnv(gym.Env):
         return info
 
 
-__all__ = ["METRICS", "MODES", "CompressionEnv", "action_to_level", "bit_levels"]
+__all__ = [
+    "LEVEL_SETS",
+    "METRICS",
+    "MODES",
+    "REFERENCES",
+    "WALLS",
+    "CompressionEnv",
+    "action_to_level",
+    "anchored_action",
+    "anchored_position",
+    "bit_levels",
+    "level_action",
+]
 
 
 def make_env(

@@ -20,7 +20,13 @@ Every feature lies in [0, 1] and has one definition, used at reset and at every 
 | 13 | prev_keep | previous step's kept ratio (1 at reset) |
 | 14 | prev_w_bits | previous weight bits / max level (1 at reset; float32 counts as 1) |
 | 15 | prev_a_bits | previous activation bits / max level |
-| 16+ | budget use | per budget: ratio of (decisions so far + minimum for the rest) / target |
+| 16 | ref_keep | the reference policy's keep ratio of the group this unit decides (1 when none) |
+| 17 | ref_w_bits | the reference's weight bits / max level (1 without a reference) |
+| 18 | ref_a_bits | the reference's activation bits / max level |
+| 19 | legal_keep | largest keep ratio the wall allows this unit now (1 with ``wall=repair``) |
+| 20 | legal_w_bits | largest weight bits the wall allows now / max level |
+| 21 | legal_a_bits | largest activation bits the wall allows now / max level |
+| 22+ | budget use | per budget: ratio of (decisions so far + the rest at the wall's reserve) / target |
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import numpy as np
 from amc.graph import ModelGraph
 
 STATIC = 12
+DYNAMIC = 10  # decides, prev (3), reference (3), legal (3)
 
 
 class FeatureBuilder:
@@ -47,7 +54,7 @@ class FeatureBuilder:
         units = graph.units
         self.n = len(units)
         self.budget_names = tuple(budget_names)
-        self.size = STATIC + 4 + len(self.budget_names)
+        self.size = STATIC + DYNAMIC + len(self.budget_names)
         max_c = max(max(u.in_channels, u.out_channels) for u in units)
         max_s = max(u.stride[0] for u in units)
         max_k = max(u.kernel_size[0] for u in units)
@@ -80,6 +87,8 @@ class FeatureBuilder:
         macs_before: float,
         prev: tuple[float, float, float],
         budget_use: Mapping[str, float],
+        reference: tuple[float, float, float] = (1.0, 1.0, 1.0),
+        legal: tuple[float, float, float] = (1.0, 1.0, 1.0),
     ) -> np.ndarray:
         """The observation of step ``t``.
 
@@ -88,13 +97,17 @@ class FeatureBuilder:
             decides: whether this step's keep ratio applies.
             macs_before: MACs of earlier units under current decisions, as a fraction of dense MACs.
             prev: previous (keep ratio, w_bits fraction, a_bits fraction).
-            budget_use: per budget, (decided + minimum rest) / target.
+            budget_use: per budget, (decided + reserve for the rest) / target.
+            reference: the reference policy's (keep ratio, w_bits fraction, a_bits fraction) at ``t``.
+            legal: the largest (keep ratio, w_bits fraction, a_bits fraction) the wall allows at ``t``.
         """
         obs = np.empty(self.size, dtype=np.float32)
         obs[:STATIC] = self.static[t]
         obs[10] = macs_before
         obs[STATIC] = 1.0 if decides else 0.0
         obs[STATIC + 1 : STATIC + 4] = prev
+        obs[STATIC + 4 : STATIC + 7] = reference
+        obs[STATIC + 7 : STATIC + 10] = legal
         for i, name in enumerate(self.budget_names):
-            obs[STATIC + 4 + i] = budget_use[name]
+            obs[STATIC + DYNAMIC + i] = budget_use[name]
         return np.clip(obs, 0.0, 1.0)

@@ -9,15 +9,21 @@ import pytest
 import torch
 from amc.agents import (
     ActorCriticLrPolicy,
+    CallbackList,
     DDPGAgent,
     EpisodeRecord,
     EpisodeRewardReplayBuffer,
     GreedySearch,
+    ILPSearch,
+    PPOAgent,
     RandomSearch,
+    SACAgent,
     ScaledLrAdam,
     SearchCallback,
+    TD3Agent,
     TruncatedNormalNoise,
     UniformSearch,
+    learner_best,
 )
 from amc.agents.base import Agent, actions_for, run_episode
 from amc.agents.baselines import uniform_config
@@ -158,7 +164,7 @@ def test_scaled_adam_steps_with_the_scaled_rate() -> None:
 
 
 def test_ddpg_actor_and_critic_learn_at_their_own_rates() -> None:
-    agent = DDPGAgent(warmup=1, actor_lr=1e-4, critic_lr=1e-3)
+    agent = DDPGAgent(warmup=1, exploit=0, actor_lr=1e-4, critic_lr=1e-3)
     agent.setup(small_env(), episodes=3)
     assert agent.model is not None
     policy = agent.model.policy
@@ -172,42 +178,124 @@ def test_ddpg_actor_and_critic_learn_at_their_own_rates() -> None:
 
 
 # --- agents end to end ---------------------------------------------------------------------------
+def ddpg(**kw) -> DDPGAgent:
+    return DDPGAgent(**{"warmup": 3, "sigma_decay": 0.95, "exploit": 0, "seed": 0, **kw})
+
+
 AGENTS = {
-    "ddpg": lambda: DDPGAgent(warmup=3, seed=0),
+    "ddpg": lambda: ddpg(),
+    "td3": lambda: TD3Agent(warmup=2, exploit=1, seed=0),
+    "sac": lambda: SACAgent(warmup=2, exploit=1, seed=0),
+    "ppo": lambda: PPOAgent(warmup=0, exploit=1, episodes_per_rollout=2, seed=0),
     "random": lambda: RandomSearch(seed=0),
     "uniform": lambda: UniformSearch(),
     "greedy": lambda: GreedySearch(keep_levels=[0.5], bit_levels=[4]),
+    "ilp": lambda: ILPSearch(keep_levels=[0.5], bit_levels=[4]),
 }
+SCANNING = ("greedy", "ilp")
 
 
 @pytest.mark.parametrize("name", list(AGENTS))
 def test_every_agent_searches_within_budget(name: str) -> None:
     env, agent, rec = small_env(), AGENTS[name](), Recorder()
-    episodes = 22 if name == "greedy" else 6
+    episodes = 22 if name in SCANNING else 6
     result = agent.search(env, episodes, rec)
     assert result.agent == name and result.best is not None and result.best.eligible
     assert 1 <= len(result.episodes) <= episodes
     assert [r.episode for r in rec.records] == list(range(1, len(rec.records) + 1))
-    assert rec.safe == list(range(1, len(rec.records) + 1))
+    # PPO's state is whole only between rollouts (2 episodes each here); its learning rounds down to whole rollouts.
+    assert rec.safe == ([2, 4, 5, 6] if name == "ppo" else list(range(1, len(rec.records) + 1)))
     for r in rec.records:
         if r.eligible:
             assert all(b["achieved"] <= b["target"] * (1 + 1e-9) for b in r.budgets.values())
     assert result.best.reward == max(r.reward for r in rec.records if r.eligible)
     policy = Policy.from_dict(result.best.policy, env.graph)
     assert len(policy.w_bits) == env.n_units
+    phases = [r.phase for r in rec.records]
     if name == "ddpg":
-        phases = [r.phase for r in rec.records]
         assert phases == ["warmup"] * 3 + ["explore"] * 3
         assert [r.extras["sigma"] for r in rec.records[3:]] == pytest.approx([0.5, 0.475, 0.45125])
         assert "critic_loss" in rec.train[-1] and "actor_loss" in rec.train[-1] and "reward_baseline" in rec.train[-1]
         assert "critic_loss" not in rec.train[2]  # no update during warm-up
-    if name == "greedy":
-        assert [r.phase for r in rec.records].count("scan") == len(rec.records) - 1
+    if name in ("td3", "sac", "ppo"):
+        assert phases[-1] == "exploit" and "explore" in phases
+    if name in SCANNING:
+        assert phases.count("scan") == len(rec.records) - 1 and phases[-1] == name
         assert not any(r.eligible for r in rec.records[:-1])
 
 
+def test_sigma_schedule_fits_the_budget_then_exploits_without_noise() -> None:
+    """Sigma decays from ``sigma`` to ``sigma_floor`` by ``noise_end`` of the learning episodes, for any budget."""
+    for episodes in (12, 30):
+        agent, rec = DDPGAgent(warmup=2, exploit=2, sigma=0.4, sigma_floor=0.04, noise_end=0.5, seed=0), Recorder()
+        agent.search(small_env(), episodes, rec)
+        phases = [r.phase for r in rec.records]
+        learn = episodes - 4
+        assert phases == ["warmup"] * 2 + ["explore"] * learn + ["exploit"] * 2
+        sigmas = [r.extras["sigma"] for r in rec.records if r.phase == "explore"]
+        span = round(0.5 * learn)
+        assert sigmas[0] == pytest.approx(0.4)
+        assert sigmas[span] == pytest.approx(0.04) and all(s == pytest.approx(0.04) for s in sigmas[span:])
+        assert all(a > b for a, b in zip(sigmas[:span], sigmas[1 : span + 1]))
+        assert all(r.extras["sigma"] == 0 for r in rec.records if r.phase == "exploit")
+        # The exploitation episodes run the deterministic actor: one policy, repeated.
+        exploit = [r.policy for r in rec.records if r.phase == "exploit"]
+        assert exploit[0] == exploit[1]
+
+
+@pytest.mark.parametrize("cls", [DDPGAgent, TD3Agent, SACAgent, PPOAgent])
+def test_untrained_actor_reproduces_the_reference(cls: type) -> None:
+    env = small_env()
+    agent = cls(warmup=0 if cls is PPOAgent else 1, exploit=1, seed=4)
+    agent.setup(env, 10)
+    assert agent.model is not None
+    ref = env.reference
+    assert ref is not None and env.wall.feasible(ref.kept, ref.w_bits, ref.a_bits)
+    obs, _ = env.reset()
+    for _ in range(env.n_units):
+        action, _ = agent.model.predict(obs, deterministic=True)
+        assert np.all(action == 0)
+        obs, _, done, _, info = env.step(action)
+    assert done and env.policy() == ref
+    # Without zero-initialisation the actor is somewhere else.
+    other = cls(warmup=0 if cls is PPOAgent else 1, exploit=1, seed=4, zero_init_actor=False)
+    other.setup(small_env(), 10)
+    assert other.model is not None
+    assert np.any(other.model.predict(env.reset()[0], deterministic=True)[0] != 0)
+
+
+def test_demonstrations_set_the_reference_and_seed_the_replay_buffer() -> None:
+    env, rec = small_env(), Recorder()
+    demos = [UniformSearch(), GreedySearch(keep_levels=[0.5], bit_levels=[4])]
+    n_uniform, n_greedy = demos[0].episodes_needed(env), demos[1].episodes_needed(env)
+    agent = DDPGAgent(demos=demos, warmup=1, exploit=1, seed=0, best_of="learner")
+    result = agent.search(env, n_uniform + n_greedy + 4, rec)
+    phases = [r.phase for r in rec.records]
+    assert phases == (
+        ["demo_uniform"] * n_uniform
+        + ["demo_scan"] * (n_greedy - 1)
+        + ["demo_greedy", "warmup", "explore", "explore", "exploit"]
+    )
+    legal = [r for r in rec.records if r.phase.startswith("demo") and r.eligible]
+    best_demo = max(legal, key=lambda r: r.reward)
+    assert env.reference == Policy.from_dict(best_demo.policy, env.graph)
+    assert agent.model is not None
+    # Every legal demonstration is in the buffer, before the learner's own episodes, with its reward back-filled.
+    buffer = agent.model.replay_buffer
+    n = env.n_units
+    for i, r in enumerate(legal):
+        assert buffer.rewards[i * n : (i + 1) * n, 0] == pytest.approx([r.reward] * n)
+        actions = env.actions_for(
+            *(np.array(x) for x in (lambda p: (p.kept, p.w_bits, p.a_bits))(Policy.from_dict(r.policy, env.graph)))
+        )
+        assert buffer.actions[i * n : (i + 1) * n, 0] == pytest.approx(actions)
+    # best_of=learner: the best comes from the learner's own episodes even where a demonstration scored higher.
+    assert result.best is not None and result.best.phase in ("warmup", "explore", "exploit")
+    assert learner_best(result.episodes)["episode"] == result.best.episode
+
+
 def test_same_seed_same_ddpg_search() -> None:
-    runs = [DDPGAgent(warmup=2, seed=5).search(small_env(), 5).episodes for _ in range(2)]
+    runs = [ddpg(warmup=2, seed=5).search(small_env(), 5).episodes for _ in range(2)]
     strip = [[{k: v for k, v in row.items() if k != "seconds"} for row in rows] for rows in runs]
     assert strip[0] == strip[1]
 
@@ -219,7 +307,7 @@ def test_uniform_candidate_is_legal_unclipped_and_the_largest() -> None:
     ratio, bits = agent.candidates[0]
     config = uniform_config(env, ratio, bits)
     assert env.wall.feasible(*config)
-    run_episode(env, actions_for(env, *config))
+    run_episode(env, actions_for(env, *config), legal=True)
     assert np.array_equal(env.kept, config[0]) and np.array_equal(env.w, config[1])
     bigger = uniform_config(env, min(1.0, ratio + 0.02), bits)
     assert not np.array_equal(bigger[0], config[0]) and not env.wall.feasible(*bigger)
@@ -228,26 +316,79 @@ def test_uniform_candidate_is_legal_unclipped_and_the_largest() -> None:
 def test_agents_refuse_bad_episode_counts() -> None:
     with pytest.raises(AmcError, match="episodes=0 must be positive"):
         RandomSearch().validate(0)
-    with pytest.raises(AmcError, match="agent.warmup=10 must be smaller than episodes=10"):
-        DDPGAgent(warmup=10).validate(10)
-    with pytest.raises(AmcError, match="greedy needs 22 episodes"):
+    with pytest.raises(AmcError, match=r"agent.warmup \(10\) \+ agent.exploit \(0\) episodes leave none to learn"):
+        DDPGAgent(warmup=10, exploit=0).validate(10)
+    with pytest.raises(AmcError, match=r"demonstrations \(\d+ episodes\).* raise episodes to at least"):
+        DDPGAgent(demos=[GreedySearch(keep_levels=[0.5], bit_levels=[4])], warmup=1).setup(small_env(), 12)
+    # 15: activation bits cost nothing under a size+MACs budget, so only weight bits and channels are scanned.
+    with pytest.raises(AmcError, match="greedy needs 15 episodes"):
         GreedySearch(keep_levels=[0.5], bit_levels=[4]).setup(small_env(), 10)
+    with pytest.raises(AmcError, match="PPO has no warm-up"):
+        PPOAgent(warmup=2).validate(10)
 
 
-@pytest.mark.parametrize("name", ["ddpg", "random"])
+class _Stop(Exception):
+    pass
+
+
+class _StopAt(SearchCallback):
+    """Interrupts a search right after the safe point at ``episode`` (after the checkpoint was written)."""
+
+    def __init__(self, episode: int) -> None:
+        self.episode = episode
+
+    def on_safe_point(self, agent: Agent, episodes_done: int) -> None:
+        if episodes_done == self.episode:
+            raise _Stop
+
+
+RESUMABLE = {
+    "ddpg": (lambda: DDPGAgent(warmup=2, exploit=2, seed=3), 9, 4),
+    "ddpg_demos": (lambda: DDPGAgent(demos=[UniformSearch()], warmup=1, exploit=1, seed=3), 9, 1),
+    "td3": (lambda: TD3Agent(warmup=2, exploit=2, seed=3), 9, 8),
+    "sac": (lambda: SACAgent(warmup=2, exploit=2, seed=3), 9, 4),
+    "ppo": (lambda: PPOAgent(warmup=0, exploit=1, episodes_per_rollout=2, seed=3), 9, 4),
+    "random": (lambda: RandomSearch(seed=3), 7, 4),
+}
+
+
+@pytest.mark.parametrize("name", list(RESUMABLE))
 def test_saved_state_continues_like_an_uninterrupted_search(name: str, tmp_path: Path) -> None:
-    make = {"ddpg": lambda: DDPGAgent(warmup=2, seed=3), "random": lambda: RandomSearch(seed=3)}[name]
-    straight = make().search(small_env(), 7).episodes
+    """Interrupted at a checkpoint (after a demonstration, mid-learning or mid-exploitation), then resumed."""
+    make, total, stop = RESUMABLE[name]
+    straight = make().search(small_env(), total).episodes
 
     env = small_env()
     first = make()
-    first.search(env, 4, Checkpointer(tmp_path / "checkpoints", every=4, env=env))
+    with pytest.raises(_Stop):
+        first.search(
+            env, total, CallbackList([Checkpointer(tmp_path / "checkpoints", every=1, env=env), _StopAt(stop)])
+        )
     np.random.seed(123), torch.manual_seed(123)  # whatever happens in between must not matter
     env2 = small_env()
     resumed = make()
     ckpt = latest_checkpoint(tmp_path)
-    resumed.load(ckpt, env2, 7)
+    resumed.load(ckpt, env2, total)
     restore_rng(ckpt, env2)
-    rest = resumed.search(env2, 7).episodes
+    rest = resumed.search(env2, total).episodes
     strip = [[{k: v for k, v in row.items() if k != "seconds"} for row in rows] for rows in (straight, rest)]
     assert strip[0] == strip[1]
+
+
+def test_warmup_end_recentres_on_the_best_episode_and_reexpresses_the_buffer() -> None:
+    env, rec = small_env(), Recorder()
+    agent = DDPGAgent(warmup=4, exploit=0, seed=0, sigma=0.0)  # no noise: the first learner episode is the actor's
+    agent.search(env, 5, rec)
+    warm = [r for r in rec.records if r.phase == "warmup"]
+    best = max((r for r in warm if r.eligible), key=lambda r: r.reward)
+    assert env.reference == Policy.from_dict(best.policy, env.graph)
+    assert env.reference != small_env().reference  # it moved away from the uniform policy
+    # The actor restarted at the new centre: the first learner episode replays the best warm-up policy.
+    assert rec.records[4].phase == "explore" and rec.records[4].policy == best.policy
+    # Every stored episode is expressed in the new action mapping (replayed configurations, rewards back-filled).
+    assert agent.model is not None
+    buffer, n = agent.model.replay_buffer, env.n_units
+    for i, r in enumerate(warm):
+        p = Policy.from_dict(r.policy, env.graph)
+        assert buffer.actions[i * n : (i + 1) * n, 0] == pytest.approx(env.actions_for(p.kept, p.w_bits, p.a_bits))
+        assert buffer.rewards[i * n : (i + 1) * n, 0] == pytest.approx([r.reward] * n)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from amc.envs import ENV_ID, CompressionEnv
-from amc.envs.compression import action_to_level, bit_levels
+from amc.envs.compression import action_to_level, anchored_action, anchored_position, bit_levels
 from conftest import ConcatNet
 from gymnasium.utils.env_checker import check_env
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
@@ -91,11 +91,13 @@ HARDWARE_SETS = [
 
 
 @pytest.mark.parametrize(("mode", "budgets", "preset"), [(*b, None) for b in BUDGET_SETS] + HARDWARE_SETS)
-@pytest.mark.parametrize("multiple", [1, 8])
-def test_budgets_always_hold_on_random_actions(mode: str, budgets: dict, preset: str | None, multiple: int) -> None:
-    env = make_small_env(mode, budgets, channel_multiple=multiple, preset=preset)
+@pytest.mark.parametrize(("multiple", "wall"), [(1, "repair"), (8, "repair"), (1, "reserve"), (8, "front")])
+def test_budgets_always_hold_on_random_actions(
+    mode: str, budgets: dict, preset: str | None, multiple: int, wall: str
+) -> None:
+    env = make_small_env(mode, budgets, channel_multiple=multiple, preset=preset, wall=wall)
     rng = np.random.default_rng(0)
-    episodes = 400 if preset is None else 150
+    episodes = 200 if preset is None else 100
     tightest = {n: 0.0 for n in budgets}
     for ep in range(episodes):
         env.reset()
@@ -383,3 +385,117 @@ def test_nan_baseline_is_refused() -> None:
         next(model.parameters()).view(-1)[0] = float("nan")
     with pytest.raises(AmcError, match="uncompressed model gives NaN/inf"):
         make_small_env("prune", {}, model=model)
+
+
+# --- how the problem is posed: action levels, the wall, the reference ----------------------------------
+def test_hardware_levels_drop_what_a_higher_level_matches_on_bit_bricks() -> None:
+    """BitFusion's 2/4/8-bit bricks: under a latency budget 3 bits cost what 4 do and 5-7 what 8 do."""
+    env = make_small_env("quantize", {"latency": 0.9}, preset="bitfusion_edge")
+    hw = env.evaluator.hardware
+    assert hw is not None
+    for t in range(env.n_units):
+        kept = env.w_choices[t]
+        # Independent check on the layer's own latency at dense channels, activations at 8 bits.
+        lat = {b: hw.layer_cost(t, None, None, b, 8).latency_s for b in env.w_levels}
+        for b in env.w_levels:
+            if b not in kept:
+                assert any(lat[c] <= lat[b] for c in kept if c > b), (t, b, lat)
+        assert kept[-1] == 8
+    # Compute-bound units run 3 bits as 4 and 5-7 as 8.
+    assert sum(c == [2, 4, 8] for c in env.w_choices) >= env.n_units // 2
+    assert env.uniform_solution().w_bits[1] in env.w_choices[1]
+
+
+def test_levels_stay_where_every_level_costs_differently() -> None:
+    """BISMO is bit-serial: every extra bit costs cycles, so no level is dominated; levels=all keeps HAQ's bins."""
+    env = make_small_env("quantize", {"latency": 0.9}, preset="bismo_edge")
+    assert all(c == [2, 3, 4, 5, 6, 7, 8] for c in env.w_choices + env.a_choices)
+    env = make_small_env("quantize", {"latency": 0.9}, preset="bitfusion_edge", levels="all")
+    assert all(c == [2, 3, 4, 5, 6, 7, 8] for c in env.w_choices + env.a_choices)
+
+
+def test_activation_bits_are_free_under_a_size_budget() -> None:
+    """Model size counts weights only: every activation level below the top is dominated."""
+    env = make_small_env("quantize", {"size": 0.2})
+    assert all(c == [8] for c in env.a_choices) and all(c == [2, 3, 4, 5, 6, 7, 8] for c in env.w_choices)
+
+
+@pytest.mark.parametrize("wall", ["repair", "reserve", "front"])
+@pytest.mark.parametrize(
+    ("mode", "budgets", "preset"),
+    [("joint", {"latency": 0.35}, "bitfusion_edge"), ("joint", {"macs": 0.4, "size": 0.1}, None)],
+)
+def test_action_zero_is_the_reference_and_any_legal_policy_is_reachable(
+    wall: str, mode: str, budgets: dict, preset: str | None
+) -> None:
+    env = make_small_env(mode, budgets, preset=preset, wall=wall)
+    ref = env.reference
+    assert ref is not None and env.wall.feasible(ref.kept, ref.w_bits, ref.a_bits)
+    env.reset()
+    for _ in range(env.n_units):
+        env.decide(np.zeros(env.action_dim))
+    assert env.policy() == ref
+    # actions_for inverts the mapping for any legal configuration (here: random legal ones via the wall).
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        env.reset()
+        for _ in range(env.n_units):
+            env.decide(rng.uniform(-1, 1, env.action_dim))
+        target = env.policy()
+        with env.unclipped():
+            env.reset()
+            for a in env.actions_for(target.kept, target.w_bits, target.a_bits):
+                env.decide(a)
+        assert env.policy() == target
+
+
+def test_anchored_map_is_piecewise_linear_with_zero_at_the_reference() -> None:
+    assert [anchored_position(a, 0.3, 0.2, 1.0) for a in (-1, -0.5, 0, 0.5, 1)] == pytest.approx(
+        [0.2, 0.25, 0.3, 0.65, 1.0]
+    )
+    for pos in (0.2, 0.27, 0.3, 0.8, 1.0):
+        assert anchored_position(anchored_action(pos, 0.3, 0.2, 1.0), 0.3, 0.2, 1.0) == pytest.approx(pos)
+    assert anchored_action(0.5, 0.5, 0.5, 0.5) == 0.0  # a degenerate range maps to 0
+
+
+def test_repair_takes_back_what_was_asked_above_the_reference_from_the_last_unit() -> None:
+    env = make_small_env("quantize", {"latency": 0.35}, preset="bitfusion_edge", wall="repair")
+    ref = env.reference
+    assert ref is not None
+    env.reset()
+    for _ in range(env.n_units):
+        env.decide(np.ones(2))  # everything at the top: far over budget
+    w, a = env.w.tolist(), env.a.tolist()
+    assert env.wall.feasible(env.kept, env.w, env.a)
+    # The first units keep their wish; from the last unit backwards the bits went back to the reference.
+    assert w[0] == env.w_choices[0][-1] or w[0] == ref.w_bits[0]
+    changed = [t for t in range(env.n_units) if (w[t], a[t]) != (env.w_choices[t][-1], env.a_choices[t][-1])]
+    assert changed and changed == list(range(changed[0], env.n_units))
+    assert all(w[t] >= ref.w_bits[t] and a[t] >= ref.a_bits[t] for t in range(env.n_units))
+    # Without a reference HAQ's repair lowers bits from the last unit: the last unit ends at or below its wish.
+    env = make_small_env("quantize", {"latency": 0.35}, preset="bitfusion_edge", wall="repair", reference="none")
+    env.reset()
+    for _ in range(env.n_units):
+        env.decide(np.ones(2))
+    assert env.wall.feasible(env.kept, env.w, env.a) and env.w[-1] < env.w_choices[-1][-1]
+
+
+def test_reserve_wall_keeps_the_reference_for_undecided_units() -> None:
+    env = make_small_env("joint", {"latency": 0.35}, preset="bitfusion_edge", wall="reserve")
+    ref = env.reference
+    assert ref is not None
+    env.reset()
+    env.decide(np.ones(3))  # the first unit asks for everything
+    # ... but may only take what leaves the undecided units their reference share.
+    rest_w = env.w.copy()
+    assert np.array_equal(rest_w[1:], np.array(ref.w_bits[1:]))
+    assert env.wall.feasible(env.kept, env.w, env.a)
+    obs = env.observation()
+    legal = obs[19:22]
+    assert np.all((legal >= 0) & (legal <= 1))
+
+
+def test_bad_problem_options_are_refused_in_one_line() -> None:
+    for key, value in (("wall", "soft"), ("levels", "some"), ("reference", "greedy")):
+        with pytest.raises(AmcError, match=rf"env.{key}='{value}' is not an option"):
+            make_small_env("joint", {"macs": 0.5}, **{key: value})
