@@ -65,6 +65,7 @@ class DDPGAgent(SB3Agent):
         seed: seed of SB3 (networks, warm-up actions, replay sampling) and of the noise.
         device: torch device of the networks.
         best_of: ``all`` or ``learner`` (see :class:`~amc.agents.sb3.SB3Agent`).
+        reanchor_every: re-centre on the best episode every this many learning episodes (0: once, after warm-up).
     """
 
     name: ClassVar[str] = "ddpg"
@@ -97,9 +98,20 @@ class DDPGAgent(SB3Agent):
         seed: int = 0,
         device: str = "cpu",
         best_of: str = "all",
+        reanchor_every: int = 0,
     ) -> None:
         super().__init__(
-            warmup, demos, reference, zero_init_actor, exploit, updates_per_step, net_arch, seed, device, best_of
+            warmup,
+            demos,
+            reference,
+            zero_init_actor,
+            exploit,
+            updates_per_step,
+            net_arch,
+            seed,
+            device,
+            best_of,
+            reanchor_every,
         )
         self.actor_lr, self.critic_lr = float(actor_lr), float(critic_lr)
         self.tau, self.gamma = float(tau), float(gamma)

@@ -101,6 +101,8 @@ class SB3Agent(Agent):
         best_of: which episodes may become the best policy: ``all`` (demonstrations included: the search
             never returns less than its demonstrations found) or ``learner`` (only the learner's own
             episodes, for measuring what the learning adds, as ``benchmarks/search_quality.py`` does).
+        reanchor_every: with ``reference=best``, re-centre on the best legal episode every this many
+            learning episodes (0: only once, when the warm-up ends).
     """
 
     name: ClassVar[str] = "sb3"
@@ -117,8 +119,10 @@ class SB3Agent(Agent):
         seed: int = 0,
         device: str = "cpu",
         best_of: str = "all",
+        reanchor_every: int = 0,
     ) -> None:
         super().__init__(seed)
+        self.reanchor_every = int(reanchor_every)
         if best_of not in ("all", "learner"):
             raise AmcError(f"agent.best_of={best_of!r} is not an option; choose all or learner")
         self.best_of = best_of
@@ -299,19 +303,28 @@ class SB3Agent(Agent):
                 self._replay(env, Policy.from_dict(policy, env.graph), reward)
 
     def reanchor_due(self) -> bool:
-        """Whether the warm-up just ended and the actions should be centred on the best episode so far."""
-        return (
-            self.reference == "best"
-            and self.warmup > 0
-            and not self.reanchored
-            and self.episodes_done >= self.n_demo + self.warmup
-        )
+        """Whether the actions should now be re-centred on the best episode so far.
+
+        Once when the warm-up ends, then every ``reanchor_every`` learning episodes when the best legal
+        episode is no longer the reference.
+        """
+        if self.reference != "best" or self.env is None:
+            return False
+        start = self.n_demo + self.warmup
+        if self.warmup > 0 and not self.reanchored:
+            return self.episodes_done >= start
+        done = self.episodes_done - start
+        if self.reanchor_every <= 0 or done <= 0 or done % self.reanchor_every or not self.legal:
+            return False
+        best, _ = max(self.legal, key=lambda pr: pr[1])
+        return Policy.from_dict(best, self.env.graph) != self.env.reference
 
     def reanchor(self) -> None:
         """Centre the actions on the best legal episode so far, re-express the replay buffer, restart the actor at it.
 
-        Called once, when the warm-up ends: the warm-up's random episodes (around the first reference)
-        may have found a better region than the demonstrations or the environment's uniform policy.
+        When the warm-up ends, its random episodes (around the first reference) may have found a better
+        region than the demonstrations or the environment's uniform policy; later (``reanchor_every``),
+        exploration may have. The critic keeps what it learned (on the re-expressed transitions).
         """
         assert self.model is not None and self.env is not None
         self._adopt_reference(self.env)

@@ -345,6 +345,7 @@ class _StopAt(SearchCallback):
 RESUMABLE = {
     "ddpg": (lambda: DDPGAgent(warmup=2, exploit=2, seed=3), 9, 4),
     "ddpg_demos": (lambda: DDPGAgent(demos=[UniformSearch()], warmup=1, exploit=1, seed=3), 9, 1),
+    "ddpg_reanchor": (lambda: DDPGAgent(warmup=2, exploit=1, reanchor_every=2, sigma=0.5, seed=3), 10, 5),
     "td3": (lambda: TD3Agent(warmup=2, exploit=2, seed=3), 9, 8),
     "sac": (lambda: SACAgent(warmup=2, exploit=2, seed=3), 9, 4),
     "ppo": (lambda: PPOAgent(warmup=0, exploit=1, episodes_per_rollout=2, seed=3), 9, 4),
@@ -392,3 +393,24 @@ def test_warmup_end_recentres_on_the_best_episode_and_reexpresses_the_buffer() -
         p = Policy.from_dict(r.policy, env.graph)
         assert buffer.actions[i * n : (i + 1) * n, 0] == pytest.approx(env.actions_for(p.kept, p.w_bits, p.a_bits))
         assert buffer.rewards[i * n : (i + 1) * n, 0] == pytest.approx([r.reward] * n)
+
+
+def test_reanchor_every_recentres_on_each_new_best() -> None:
+    env, rec = small_env(), Recorder()
+    agent = DDPGAgent(warmup=2, exploit=0, reanchor_every=2, sigma=0.5, seed=1)
+    refs = []
+
+    class Watch(SearchCallback):
+        def on_safe_point(self, agent: Agent, episodes_done: int) -> None:
+            refs.append((episodes_done, env.reference))
+
+    agent.search(env, 12, CallbackList([rec, Watch()]))
+    # At every re-centring point the reference is the best legal episode so far.
+    for done, ref in refs:
+        if done >= 2 and (done - 2) % 2 == 0:
+            legal = [r for r in rec.records[:done] if r.eligible]
+            best = max(legal, key=lambda r: r.reward)
+            assert ref == Policy.from_dict(best.policy, env.graph) or best.reward == max(
+                r.reward for r in legal if Policy.from_dict(r.policy, env.graph) == ref
+            )
+    assert len({str(r) for _, r in refs}) >= 2  # it moved at least once

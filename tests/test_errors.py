@@ -224,7 +224,7 @@ CASES: dict[str, tuple[str, list[str], str, int]] = {
     "train-episodes-not-above-warmup": (
         "amc.train",
         ["agent=ddpg", "episodes=5", "agent.warmup=5"],
-        r"agent.warmup=5 must be smaller than episodes=5",
+        r"agent.warmup \(5\) \+ agent.exploit \(0\) episodes leave none to learn in episodes=5; lower them",
         2,
     ),
     "train-finished-run-dir": (

@@ -73,10 +73,20 @@ def cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
 
 
 AGENT_ARGS = {
-    "ddpg": ["episodes=6", "agent.warmup=3", "callbacks.image_every=2", "callbacks.checkpoint_every=2"],
+    # A uniform demonstration (1-3 episodes) keeps the tiny search short; the default also runs greedy's scan.
+    "ddpg": [
+        "episodes=8",
+        "agent.demos=[{_target_:amc.agents.UniformSearch}]",
+        "agent.warmup=2",
+        "callbacks.image_every=2",
+        "callbacks.checkpoint_every=2",
+    ],
+    "ddpg_cold": ["episodes=6", "agent.warmup=2"],
+    "td3": ["episodes=6", "agent.demos=[{_target_:amc.agents.UniformSearch}]", "agent.exploit=1"],
     "random": ["episodes=4"],
     "uniform": ["episodes=4"],
     "greedy": ["episodes=22", "agent.keep_levels=[0.5]", "agent.bit_levels=[4]"],
+    "ilp": ["episodes=22", "agent.keep_levels=[0.5]", "agent.bit_levels=[4]"],
 }
 
 
@@ -119,14 +129,23 @@ def test_tensorboard_has_search_policy_train_and_hparams(cfg_for: Callable[..., 
         "train/critic_loss",
         "hparam/best_reward",
     } <= scalars
-    assert [e.step for e in events.Scalars("search/reward")] == list(range(1, 7))
+    assert [e.step for e in events.Scalars("search/reward")] == list(range(1, 9))
     assert {"policy/best", "policy/episode"} <= set(tags["images"])
-    assert [e.step for e in events.Images("policy/episode")] == [2, 4, 6]
+    assert [e.step for e in events.Images("policy/episode")] == [2, 4, 6, 8]
     assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(events.PluginTagToContent("hparams"))
 
 
 def _run_args(root: Path, *extra: str) -> list[str]:
-    return ["-m", "amc.train", *tiny(root), "episodes=14", "agent.warmup=3", "callbacks.checkpoint_every=4", *extra]
+    return [
+        "-m",
+        "amc.train",
+        *tiny(root),
+        "episodes=14",
+        "agent.demos=[{_target_:amc.agents.UniformSearch}]",
+        "agent.warmup=3",
+        "callbacks.checkpoint_every=4",
+        *extra,
+    ]
 
 
 def test_resume_after_sigkill_ends_with_the_same_best_policy(tiny_root: Path, tmp_path: Path) -> None:
@@ -193,7 +212,9 @@ def test_bad_overrides_fail_with_one_line(cfg_for: Callable[..., DictConfig], ti
     )
     unknown = cli(*_run_args(tiny_root, "agent=sarsa", f"hydra.run.dir={tmp_path / 'unknown'}"))
     assert unknown.returncode != 0 and "sarsa" in unknown.stderr
-    with pytest.raises(AmcError, match="agent.warmup=5 must be smaller than episodes=5"):
+    with pytest.raises(
+        AmcError, match=r"agent.warmup \(5\) \+ agent.exploit \(0\) episodes leave none to learn in episodes=5"
+    ):
         train(cfg_for("episodes=5", "agent.warmup=5"))
     with pytest.raises(AmcError, match=r"budget latency=0.01 is unreachable: the smallest reachable ratio is 0\.\d+"):
         train(cfg_for("budgets.latency=0.01", "agent=random", "episodes=2"))
