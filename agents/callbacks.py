@@ -21,7 +21,7 @@ from amc.envs import CompressionEnv
 from tqdm.auto import tqdm
 
 from amc.errors import AmcError
-from amc.utils import atomic_torch_save, atomic_write_bytes
+from amc.utils import atomic_torch_save, atomic_write_bytes, give_umask_mode
 
 log = logging.getLogger(__name__)
 
@@ -282,6 +282,7 @@ class Checkpointer(SearchCallback):
         self.directory.mkdir(parents=True, exist_ok=True)
         name = f"episode_{episodes_done:06d}"
         tmp = Path(tempfile.mkdtemp(dir=self.directory, prefix=f".{name}."))
+        give_umask_mode(tmp, directory=True)
         agent.save(tmp)
         plain, tensors = rng_state(self.env)
         atomic_write_bytes(tmp / "rng.json", json.dumps(plain).encode())

@@ -68,6 +68,35 @@ def _write_error(path: Path, exc: BaseException) -> AmcError:
     )
 
 
+def umask_mode(directory: bool = False) -> int:
+    """The mode a new file (``0o666``) or directory (``0o777``) gets under the process's umask.
+
+    Args:
+        directory: the mode of a directory instead of a file.
+    """
+    umask = None
+    try:  # Linux reports the umask without changing it (os.umask can only be read by setting it)
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                umask = int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    if umask is None:
+        umask = os.umask(0o022)
+        os.umask(umask)
+    return (0o777 if directory else 0o666) & ~umask
+
+
+def give_umask_mode(path: str | Path, directory: bool = False) -> None:
+    """Give a file made by ``tempfile`` (always ``0o600``/``0o700``) the mode the umask gives a new file.
+
+    Args:
+        path: the temporary file or directory, before it is renamed into place.
+        directory: ``path`` is a directory.
+    """
+    os.chmod(path, umask_mode(directory))
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file and a rename, so a crash never leaves half a file.
 
@@ -89,6 +118,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        give_umask_mode(tmp)
         os.replace(tmp, path)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
@@ -113,6 +143,7 @@ def atomic_torch_save(obj: object, path: str | Path) -> None:
         raise _write_error(path, exc) from exc
     try:
         torch.save(obj, tmp)
+        give_umask_mode(tmp)
         os.replace(tmp, path)
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)

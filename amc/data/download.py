@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 
 from amc.errors import AmcError
+from amc.utils import give_umask_mode
 
 log = logging.getLogger(__name__)
 
@@ -131,6 +132,7 @@ def _fetch(url: str, dest: Path, md5: str | None, timeout: float) -> str | None:
             os.fsync(out.fileno())
         if md5 is not None and digest.hexdigest() != md5.lower():
             return digest.hexdigest()
+        give_umask_mode(tmp)
         os.replace(tmp, dest)
         return None
     finally:
