@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable
@@ -17,8 +18,9 @@ from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import Container, DictConfig, OmegaConf
 
+from amc.checkpoint import config_hash
 from amc.errors import AmcError
 from amc.schema import check_config
 from amc.utils import seed_everything, set_threads
@@ -38,6 +40,33 @@ def setup_run(cfg: DictConfig) -> None:
     """
     set_threads(cfg.get("threads"))
     seed_everything(int(cfg.get("seed", 0)))
+
+
+def run_name(*parts: Any) -> str:
+    """A run folder's name after its time stamp: the non-empty ``parts`` and a short hash of the last one.
+
+    Used as the ``${amc.run_name:...}`` resolver in ``conf/hydra/default.yaml``, e.g.
+    ``fmnist_cnn_ddpg_s0-3fa9c1`` from (``fmnist_cnn``, ``ddpg``, ``s0``, <the command line's overrides>). The
+    name holds only letters, digits, ``_`` and ``-`` (no ``=`` or ``,``), so it can be passed back unquoted
+    (``policy=outputs/train/runs/<run>``); the overrides themselves are in ``.hydra/overrides.yaml``.
+
+    Args:
+        parts: short labels (config group choices, ``s<seed>``), then the overrides to hash (any value).
+    """
+    *labels, overrides = parts
+    if isinstance(overrides, Container):
+        overrides = OmegaConf.to_container(overrides, resolve=True)
+    words = [re.sub(r"[^A-Za-z0-9_.-]+", "-", str(p)).strip("-.") for p in labels if p not in (None, "")]
+    return "_".join([*(w for w in words if w), config_hash(overrides, length=6)])
+
+
+def register_resolvers() -> None:
+    """Register amc's OmegaConf resolvers (``amc.run_name``) once; the entry points import this module."""
+    if not OmegaConf.has_resolver("amc.run_name"):
+        OmegaConf.register_new_resolver("amc.run_name", run_name)
+
+
+register_resolvers()
 
 
 def _fail(message: str, status: int = 2) -> None:

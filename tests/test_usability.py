@@ -7,13 +7,21 @@ Commands run as subprocesses on the tiny Fashion-MNIST stand-in of ``test_pretra
 from __future__ import annotations
 
 import os
+import re
+import shlex
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+from test_pretrain import make_fmnist, tiny_data_args
 
 from amc.utils import atomic_torch_save, atomic_write_bytes
+
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
 
 
 @pytest.fixture
@@ -30,3 +38,54 @@ def test_atomic_writes_get_the_umask_mode(tmp_path: Path, umask_022: None) -> No
     atomic_torch_save({"x": torch.zeros(1)}, tmp_path / "b.pt")
     for name in ("a.json", "b.pt"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name
+
+
+# --- run folders: the README's commands, as written ----------------------------------------------
+def cli(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``python <args>`` in ``cwd`` with ``AMC_HOME=cwd`` (so ``outputs/...`` in the README resolves there)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "AMC_HOME": str(cwd)}
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, cwd=cwd, timeout=timeout, env=env)
+
+
+def search_args(root: Path) -> list[str]:
+    return [
+        *tiny_data_args(root),
+        "env.calibration_batches=1",
+        "env.calibration_batch_size=32",
+        "callbacks.progress_bar=false",
+        "episodes=2",
+        "agent=random",
+    ]
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny data and one finished ``amc.train`` run in the default run folder under ``<root>/outputs``."""
+    root = tmp_path_factory.mktemp("usability")
+    make_fmnist(root / "fm", n_train=500, n_test=100)
+    run = cli("-m", "amc.train", *search_args(root), cwd=root)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return root
+
+
+def readme_commands(prefix: str) -> list[str]:
+    """The README's command lines that start with ``prefix`` (comments dropped)."""
+    lines = [line.split("  #")[0].strip() for line in README.read_text().splitlines()]
+    return [line for line in lines if line.startswith(prefix)]
+
+
+def test_readme_policy_and_resume_commands_run_as_written(searched: Path) -> None:
+    (run_dir,) = (searched / "outputs" / "train" / "runs").iterdir()
+    assert not set("=,") & set(run_dir.name) and len(run_dir.name) < 48, run_dir.name
+    assert (run_dir / ".hydra" / "overrides.yaml").read_text().count("agent=random") == 1
+    commands = readme_commands("python -m amc.finetune policy=outputs/train/runs/<run>")
+    commands += readme_commands("python -m amc.train resume=outputs/train/runs/<run>")
+    assert len(commands) >= 3, commands
+    for command in commands:
+        small = re.sub(r"\bepochs=\d+", "epochs=1", command.replace("<run>", run_dir.name))
+        small = re.sub(r"\bround_episodes=\d+", "round_episodes=2", small)
+        run = cli(*shlex.split(small)[1:], cwd=searched)
+        assert run.returncode == 0, f"{small}\n{run.stderr[-3000:]}"
+    for ft in (searched / "outputs" / "finetune" / "runs").iterdir():
+        assert not set("=,/") & set(ft.name) and "train" not in ft.name, ft.name
+        assert (ft / "report.json").is_file()
