@@ -793,3 +793,30 @@ def make_env(
     return CompressionEnv(
         compressor, (x, y), reward=reward, budgets=budgets, hardware=hardware, device=device, **env_kwargs
     )
+
+
+def make(model: torch.nn.Module | None = None, data: Any | None = None, **kwargs: Any) -> CompressionEnv:
+    """The entry point of ``gymnasium.make("amc/Compression-v0", ...)``: from a model and data, or from parts.
+
+    ``gymnasium.make("amc/Compression-v0", model=model, data=data, budgets={"macs": 0.5})`` builds the
+    environment as :func:`make_env` does (any of its arguments may be given); ``compressor=`` and
+    ``search_data=`` build :class:`CompressionEnv` directly.
+
+    Args:
+        model: the trained dense model (with ``data``).
+        data: its :class:`amc.data.DataModule`.
+        **kwargs: the other arguments of :func:`make_env`, or of :class:`CompressionEnv` without ``model``.
+    """
+    if model is not None or data is not None:
+        if model is None or data is None or "compressor" in kwargs:
+            raise AmcError(
+                "gymnasium.make('amc/Compression-v0') takes model= and data= together (or compressor= and "
+                "search_data=, without model/data)"
+            )
+        return make_env(model, data, **kwargs)
+    if "compressor" not in kwargs:
+        raise AmcError(
+            "gymnasium.make('amc/Compression-v0') needs a model and its data: pass model=<trained model> and "
+            "data=<amc.data DataModule> (or compressor= and search_data=)"
+        )
+    return CompressionEnv(**kwargs)

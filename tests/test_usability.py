@@ -18,6 +18,7 @@ import pytest
 import torch
 from test_pretrain import make_fmnist, tiny_data_args
 
+from amc.errors import AmcError
 from amc.utils import atomic_torch_save, atomic_write_bytes
 
 REPO = Path(__file__).resolve().parents[1]
@@ -89,3 +90,32 @@ def test_readme_policy_and_resume_commands_run_as_written(searched: Path) -> Non
     for ft in (searched / "outputs" / "finetune" / "runs").iterdir():
         assert not set("=,/") & set(ft.name) and "train" not in ft.name, ft.name
         assert (ft / "report.json").is_file()
+
+
+# --- the Gymnasium door ---------------------------------------------------------------------------
+def readme_block(marker: str) -> str:
+    """The README's first python code block that contains ``marker``."""
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    return next(b for b in blocks if marker in b)
+
+
+def test_readme_gymnasium_make_snippet_runs(tmp_path: Path) -> None:
+    make_fmnist(tmp_path / "fm", n_train=300, n_test=50)
+    code = readme_block("gymnasium.make(")
+    code = code.replace('"data/fashion-mnist"', repr(str(tmp_path / "fm"))).replace(
+        "search_size=5000", "search_size=100"
+    )
+    namespace: dict = {}
+    exec(compile(code, "README.md", "exec"), namespace)  # noqa: S102 -- the README's own snippet
+    env = namespace["env"]
+    assert env.spec.id == "amc/Compression-v0" and 0.0 < namespace["info"]["ratio/latency"] <= 0.5 + 1e-6
+
+
+def test_gymnasium_make_from_parts_and_one_line_without_a_model() -> None:
+    import amc.envs  # noqa: F401 -- registers the id
+    import gymnasium
+
+    with pytest.raises(AmcError, match="pass model=<trained model> and data="):
+        gymnasium.make("amc/Compression-v0")
+    with pytest.raises(AmcError, match="model= and data= together"):
+        gymnasium.make("amc/Compression-v0", model=torch.nn.Linear(2, 2))
