@@ -285,7 +285,8 @@ def report(root: str | Path, out: str | Path | None = None) -> str:
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of ``python -m amc.report``."""
-    parser = argparse.ArgumentParser(prog="python -m amc.report", description=__doc__.splitlines()[0])
+    prog = "amc-report" if Path(sys.argv[0]).name == "amc-report" else "python -m amc.report"
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("multirun_dir", help="directory of an `amc.train -m` sweep")
     parser.add_argument(
         "--out", default=None, help="where report.md, report.csv and pareto.png go (default: multirun_dir)"

@@ -119,3 +119,38 @@ def test_gymnasium_make_from_parts_and_one_line_without_a_model() -> None:
         gymnasium.make("amc/Compression-v0")
     with pytest.raises(AmcError, match="model= and data= together"):
         gymnasium.make("amc/Compression-v0", model=torch.nn.Linear(2, 2))
+
+
+# --- console scripts ------------------------------------------------------------------------------
+SCRIPTS = ("amc-train", "amc-pretrain", "amc-finetune", "amc-hardware", "amc-report")
+
+
+def script(name: str) -> str:
+    path = Path(sys.executable).parent / name
+    assert path.is_file(), f"{path} is missing: reinstall the package (pip install -e .) to get the console scripts"
+    return str(path)
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_console_scripts_answer_help(name: str, tmp_path: Path) -> None:
+    args = ["--help"] if name == "amc-report" else ["--hydra-help"]
+    run = subprocess.run([script(name), *args], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert run.returncode == 0 and (
+        "usage: amc-report" in run.stdout if name == "amc-report" else "Hydra" in run.stdout
+    )
+
+
+def test_amc_train_prints_its_config_and_completes_in_bash(tmp_path: Path) -> None:
+    cfg = subprocess.run([script("amc-train"), "--cfg", "job"], capture_output=True, text=True, cwd=tmp_path)
+    assert cfg.returncode == 0 and "episodes:" in cfg.stdout and "agent:" in cfg.stdout
+    # What TAB runs: the installed completion function, on the line typed so far.
+    line = "amc-train agent="
+    shell = (
+        'eval "$(amc-train -sc install=bash)"; '
+        f'COMP_LINE="{line}"; COMP_POINT={len(line)}; COMP_CWORD=1; hydra_bash_completion; echo "${{COMPREPLY[@]}}"'
+    )
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    run = subprocess.run(
+        ["bash", "-c", shell], capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PATH": path}
+    )
+    assert {"agent=ddpg", "agent=random", "agent=uniform"} <= set(run.stdout.split()), run.stdout + run.stderr
