@@ -47,7 +47,8 @@ def arch_spec(model_cfg: DictConfig) -> dict[str, Any]:
 
 
 def baseline_seed(cfg: DictConfig) -> int:
-    """The baseline's seed: ``pretrain.seed``, or the run's ``seed`` when that is null."""
+    """The baseline's seed: ``pretrain.seed`` (default 0, so search seeds share one baseline), or the run's ``seed``
+    when that is null."""
     seed = cfg.pretrain.get("seed")
     return int(cfg.seed if seed is None else seed)
 

@@ -1,11 +1,12 @@
 """``python -m amc.report <multirun_dir>``: aggregate a sweep of searches, and policy plots.
 
 Reads every ``best_policy.json`` under the directory (one per ``amc.train`` job), groups runs by
-agent and budget, and writes:
+model, mode, hardware, budget, agent and every other key the sweep varied (read from each job's
+``.hydra/overrides.yaml``) except ``seed``, and writes:
 
 - ``report.md`` (also printed): mean +- std over seeds of search accuracy, test accuracy, reward and
-  the achieved cost ratios, per agent and budget;
-- ``report.csv``: one row per run;
+  the achieved cost ratios, one row per configuration;
+- ``report.csv``: one row per run, with the swept keys as columns;
 - ``pareto.png``: accuracy against the latency ratio and against the MACs ratio, every run a point
   and each agent's Pareto front a line.
 """
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from omegaconf import ListConfig, OmegaConf
 from tabulate import tabulate
 
 from amc.errors import AmcError
@@ -100,10 +102,46 @@ def load_runs(root: str | Path) -> list[dict[str, Any]]:
             continue
         check_run(data, path)
         data["run_dir"] = str(path.parent)
+        data["overrides"] = read_overrides(path.parent)
         runs.append(data)
     if not runs:
         raise AmcError(f"no best_policy.json under {root}; point to the directory of a finished `amc.train -m` sweep")
     return runs
+
+
+def read_overrides(run_dir: Path) -> dict[str, str]:
+    """The command line's overrides of a Hydra job (``<run_dir>/.hydra/overrides.yaml``) as ``{key: value}``.
+
+    Args:
+        run_dir: the job's directory (empty result when it has no readable overrides file).
+    """
+    path = run_dir / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return {}
+    try:
+        items = OmegaConf.load(path)
+    except Exception:  # noqa: BLE001 -- an unreadable file only loses the grouping by swept keys
+        log.warning("skipping the unreadable %s (runs are grouped without its overrides)", path)
+        return {}
+    pairs = (str(o).split("=", 1) for o in (items if isinstance(items, ListConfig) else []))
+    return {k.lstrip("+~"): v for k, v in (p for p in pairs if len(p) == 2)}
+
+
+# Keys that never split a group: the seed (averaged over), keys already shown as columns, and machine settings.
+NOT_GROUPED = ("seed", "agent", "model", "hardware", "env", "env.mode", "threads", "device", "trust_targets")
+NOT_GROUPED_PREFIXES = ("budgets.", "hydra.", "paths.", "hydra/", "output_dir", "resume", "overwrite")
+
+
+def swept_keys(runs: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The override keys whose values differ between ``runs`` (besides ``seed`` and the table's own columns)."""
+    keys = {k for run in runs for k in run.get("overrides", {})}
+    return sorted(
+        k
+        for k in keys
+        if k not in NOT_GROUPED
+        and not k.startswith(NOT_GROUPED_PREFIXES)
+        and len({run.get("overrides", {}).get(k) for run in runs}) > 1
+    )
 
 
 def check_run(run: Any, path: Path) -> None:
@@ -158,7 +196,8 @@ def _mean_std(values: Sequence[float | None]) -> str:
 
 
 def aggregate(runs: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[Any]]]:
-    """Headers and rows of the mean +- std table, one row per (model, mode, hardware, budget, agent)."""
+    """Headers and rows of the mean +- std table, one row per (model, mode, hardware, budget, agent, swept keys)."""
+    swept = swept_keys(runs)
     groups: dict[tuple[str, ...], list[Mapping[str, Any]]] = {}
     for run in runs:
         key: tuple[str, ...] = (
@@ -167,6 +206,7 @@ def aggregate(runs: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[A
             str(run.get("hardware")),
             _budget_key(run),
             str(run.get("agent")),
+            *(str(run.get("overrides", {}).get(k, "-")) for k in swept),
         )
         groups.setdefault(key, []).append(run)
     shown = ("macs", "latency", "energy", "size")
@@ -177,6 +217,7 @@ def aggregate(runs: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[A
         "hardware",
         "budget",
         "agent",
+        *swept,
         "seeds",
         "search acc",
         "test acc",
@@ -270,12 +311,14 @@ def report(root: str | Path, out: str | Path | None = None) -> str:
         "reward",
     ]
     ratio_names = sorted({n for r in runs for n in r.get("ratios", {})})
+    swept = swept_keys(runs)
     buf = io.StringIO()
     writer = csv.writer(buf)
-    writer.writerow(fields + [f"ratio/{n}" for n in ratio_names])
+    writer.writerow(fields + swept + [f"ratio/{n}" for n in ratio_names])
     for r in runs:
         writer.writerow(
             [r.get(f) if f != "budget" else _budget_key(r) for f in fields]
+            + [r.get("overrides", {}).get(k, "") for k in swept]
             + [r.get("ratios", {}).get(n, "") for n in ratio_names]
         )
     atomic_write_bytes(out / "report.csv", buf.getvalue().encode())

@@ -180,8 +180,10 @@ def test_search_seeds_can_share_one_baseline(tmp_path: Path) -> None:
         cfg = compose_cfg(tmp_path, *extra)
         return checkpoint_path(cfg, instantiate(cfg.data))
 
-    assert path("seed=1") != path("seed=0")  # by default the baseline follows the run's seed
-    assert path("seed=1", "pretrain.seed=0") == path("seed=2", "pretrain.seed=0") == path("seed=0")
+    assert path("seed=1") == path("seed=2") == path("seed=0")  # by default search seeds share one baseline
+    assert path("seed=1", "pretrain.seed=0") == path("seed=0", "pretrain.seed=null")
+    assert path("seed=1", "pretrain.seed=null") != path("seed=0")  # null: the baseline follows the run's seed
+    assert path("pretrain.seed=1") != path("pretrain.seed=0")  # a sweep over baseline seeds
 
 
 def test_users_own_weights_are_the_baseline(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ Commands run as subprocesses on the tiny Fashion-MNIST stand-in of ``test_pretra
 
 from __future__ import annotations
 
+import csv
 import os
 import re
 import shlex
@@ -13,12 +14,14 @@ import stat
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
 from test_pretrain import make_fmnist, tiny_data_args
 
 from amc.errors import AmcError
+from amc.report import report
 from amc.utils import atomic_torch_save, atomic_write_bytes
 
 REPO = Path(__file__).resolve().parents[1]
@@ -154,3 +157,39 @@ def test_amc_train_prints_its_config_and_completes_in_bash(tmp_path: Path) -> No
         ["bash", "-c", shell], capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PATH": path}
     )
     assert {"agent=ddpg", "agent=random", "agent=uniform"} <= set(run.stdout.split()), run.stdout + run.stderr
+
+
+# --- sweep reports --------------------------------------------------------------------------------
+def test_report_groups_by_every_swept_key_and_seeds_share_one_baseline(searched: Path, tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    args = [*search_args(searched), "env.selection=l1,bn", "seed=0,1", f"hydra.sweep.dir={sweep}"]
+    run = cli("-m", "amc.train", "-m", *args, cwd=searched, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1", "2", "3"]  # by job number
+    assert len(list((searched / ".cache" / "amc" / "pretrained").glob("*.pt"))) == 1  # one baseline for both seeds
+    text = report(sweep)
+    header, _, *rows = [
+        [c.strip() for c in line.split("|")[1:-1]] for line in text.splitlines() if line.startswith("|")
+    ]
+    column = header.index("env.selection")
+    assert sorted((r[column], r[header.index("seeds")]) for r in rows) == [("bn", "2"), ("l1", "2")], text
+    with open(sweep / "report.csv") as fh:
+        table = list(csv.DictReader(fh))
+    assert sorted((r["env.selection"], r["seed"]) for r in table) == [
+        ("bn", "0"),
+        ("bn", "1"),
+        ("l1", "0"),
+        ("l1", "1"),
+    ]
+
+
+def test_default_baseline_keeps_its_cache_key() -> None:
+    from hydra import compose, initialize_config_module
+
+    from amc.pretrain import checkpoint_path
+
+    data = SimpleNamespace(name="fashion_mnist", input_shape=(1, 28, 28), search_size=5000, split_seed=0)
+    with initialize_config_module(config_module="amc.conf", version_base="1.3"):
+        for seed in (0, 3):
+            cfg = compose("train", overrides=[f"seed={seed}", "paths.root_dir=."])
+            assert checkpoint_path(cfg, data).name == "fmnist_cnn-fashion_mnist-105c4675a0.pt"
