@@ -58,6 +58,45 @@ class ProgressBar(SearchCallback):
         self.bar.close()
 
 
+class ProgressLog(SearchCallback):
+    """Log lines of the search's progress (into the run's ``train.log``), for runs without a terminal (SLURM).
+
+    Every ``every`` episodes (and after the last one): episode, phase, search accuracy, the best so far and
+    the budget ratios; a line on every new best is left to TensorBoard and ``episodes.csv``.
+
+    Args:
+        every: episodes between lines (``None``: ``max(1, episodes // 20)``, about 20 lines per search).
+    """
+
+    def __init__(self, every: int | None = None) -> None:
+        self.every = every
+        self.interval = 1
+        self.total = 0
+
+    def on_search_start(self, agent: Agent, env: CompressionEnv, episodes: int) -> None:
+        self.total = episodes
+        self.interval = self.every or max(1, episodes // 20)
+        start = f"from episode {agent.episodes_done} " if agent.episodes_done else ""
+        log.info("search[%s]: %d episodes %s(a line every %d)", agent.name, episodes, start, self.interval)
+
+    def on_episode(self, agent: Agent, record: EpisodeRecord, is_best: bool) -> None:
+        if record.episode % self.interval and record.episode < self.total:
+            return
+        best = agent.best
+        shown = sorted(set(record.budgets) | ({"latency"} & set(record.ratios)))
+        ratios = ", ".join(f"{name} ratio {record.ratios[name]:.3f}" for name in shown if name in record.ratios)
+        log.info(
+            "episode %d/%d (%s): accuracy %.4f, reward %.4f%s; best %s",
+            record.episode,
+            self.total,
+            record.phase,
+            record.accuracy,
+            record.reward,
+            f", {ratios}" if ratios else "",
+            f"{best.accuracy:.4f} (episode {best.episode})" if best is not None else "none yet",
+        )
+
+
 def _with_best(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     best, out = float("-inf"), []
     for row in rows:

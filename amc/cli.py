@@ -19,6 +19,7 @@ from typing import Any
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from omegaconf import Container, DictConfig, OmegaConf
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from amc.checkpoint import config_hash
 from amc.errors import AmcError
@@ -69,6 +70,14 @@ def register_resolvers() -> None:
 register_resolvers()
 
 
+def progress_bar(cfg: DictConfig) -> bool:
+    """Whether to show tqdm bars: ``progress_bar`` (pretrain, finetune) or ``callbacks.progress_bar`` (train)."""
+    value = cfg.get("progress_bar")
+    if value is None:
+        value = OmegaConf.select(cfg, "callbacks.progress_bar", default=True)
+    return bool(value)
+
+
 def _fail(message: str, status: int = 2) -> None:
     print(f"error: {message}", file=sys.stderr)
     sys.exit(status)
@@ -105,7 +114,8 @@ def run_cli(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     try:
         check_config(cfg)
         setup_run(cfg)
-        return fn(cfg)
+        with logging_redirect_tqdm():  # log lines go above the progress bars instead of through them
+            return fn(cfg)
     except (KeyboardInterrupt, Interrupted) as exc:
         name, status = ("SIGTERM", 143) if isinstance(exc, Interrupted) else ("Ctrl-C (SIGINT)", 130)
         _fail(f"interrupted by {name}; {continue_hint(cfg)}", status)

@@ -40,7 +40,7 @@ from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 
 from amc.checkpoint import config_hash, load_file, load_state
-from amc.cli import run_cli
+from amc.cli import progress_bar, run_cli
 from amc.compress import Compressor, Policy, read_policy_json
 from amc.cost import FP32, CostModel
 from amc.data import DataModule
@@ -64,7 +64,7 @@ from amc.pretrain import arch_spec, load_or_pretrain, train_epoch
 from amc.quantize import quantize_weight
 from amc.schema import check_config
 from amc.trust import check_targets, targets_in, trusted_names
-from amc.utils import atomic_torch_save, atomic_write_bytes, claim_dir, move_aside, resolve_device
+from amc.utils import atomic_torch_save, atomic_write_bytes, claim_dir, format_si, move_aside, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -217,6 +217,7 @@ def train(
     teacher: nn.Module | None = None,
     calibration: list[torch.Tensor] | None = None,
     fingerprint: str = "",
+    progress: bool = True,
 ) -> list[dict[str, float]]:
     """Fine-tune ``model`` in place, resuming from ``state_path`` when it holds a finished epoch.
 
@@ -231,6 +232,7 @@ def train(
         calibration: batches to re-measure activation ranges on after each epoch when training from
             scratch (ranges taken on random weights would be meaningless).
         fingerprint: identifies policy + recipe; a state with another one is refused.
+        progress: show progress bars (the epoch lines are logged either way).
     """
     epochs = int(recipe.epochs)
     steps = epochs * len(data.train_loader(seed=0))
@@ -267,10 +269,13 @@ def train(
             t_logits = teacher(x) if teacher is not None else None
         return kd_loss(model(x), t_logits, y, recipe.kd_temperature, recipe.kd_alpha, recipe.label_smoothing)
 
-    for epoch in tqdm(range(start, epochs), desc="finetune", initial=start, total=epochs, dynamic_ncols=True):
+    epochs_bar = tqdm(
+        range(start, epochs), desc="finetune", initial=start, total=epochs, dynamic_ncols=True, disable=not progress
+    )
+    for epoch in epochs_bar:
         loader = data.train_loader(seed=seed * 1000 + epoch)
         t0 = time.perf_counter()
-        loss = train_epoch(model, loader, opt, sched, device, step_loss, f"epoch {epoch + 1}/{epochs}")
+        loss = train_epoch(model, loader, opt, sched, device, step_loss, f"epoch {epoch + 1}/{epochs}", progress)
         if recipe.from_scratch and calibration:
             calibrate_activations(model, calibration)
         history.append({"epoch": epoch + 1, "train_loss": loss, "seconds": time.perf_counter() - t0})
@@ -476,6 +481,7 @@ def _finetune(cfg: DictConfig, out: Path) -> tuple[dict[str, Any], Path | None]:
             teacher=dense if recipe.kd else None,
             calibration=calib,
             fingerprint=fingerprint,
+            progress=progress_bar(cfg),
         )
         strip_qat(model)
     acc_after = accuracy(model, data.test_loader(), device, topk)
@@ -638,6 +644,7 @@ def iterate(
                 teacher=dense if recipe.kd else None,
                 calibration=env.compressor.calibration,
                 fingerprint=fingerprint,
+                progress=progress_bar(cfg),
             )
             strip_qat(compressed)
         test_after = accuracy(compressed, data.test_loader(), device, topk)["top1"]
@@ -691,7 +698,8 @@ def iterate(
         "after_finetune": accuracy(final, data.test_loader(), torch.device("cpu"), topk),
     }
     atomic_write_bytes(out / "report.json", json.dumps(report, indent=2).encode())
-    print(
+    log.info(
+        "rounds:\n%s",
         tabulate(
             [
                 [
@@ -705,7 +713,7 @@ def iterate(
             ],
             headers=["round", *targets, "search acc (%)", "test before ft (%)", "test after ft (%)"],
             tablefmt="github",
-        )
+        ),
     )
     print_report(report)
     return report
@@ -778,7 +786,7 @@ def export(
 
 
 def print_report(report: dict[str, Any]) -> None:
-    """Print the before/after table of a fine-tuning report."""
+    """Log the before/after table of a fine-tuning report and where the files are (console and finetune.log)."""
     acc = report["accuracy"]
     d, c = report["dense"], report["compressed"]
 
@@ -795,30 +803,18 @@ def print_report(report: dict[str, Any]) -> None:
         ["MACs (M)", fmt(d["macs"], 1e-6), fmt(c["macs"], 1e-6), fmt(c["macs"], 1e-6)],
         ["params (k)", fmt(d["params"], 1e-3), fmt(c["params"], 1e-3), fmt(c["params"], 1e-3)],
         ["size (KiB)", fmt(d["size_bits"], 1 / 8192), fmt(c["size_bits"], 1 / 8192), fmt(c["size_bits"], 1 / 8192)],
-        [
-            f"sim. latency (ms, {report['hardware']})",
-            fmt(d["latency_s"], 1e3),
-            fmt(c["latency_s"], 1e3),
-            fmt(c["latency_s"], 1e3),
-        ],
-        [
-            f"sim. energy (mJ, {report['hardware']})",
-            fmt(d["energy_j"], 1e3),
-            fmt(c["energy_j"], 1e3),
-            fmt(c["energy_j"], 1e3),
-        ],
-        [
-            "CPU latency, batch 1 (ms)",
-            fmt(d["cpu_latency_s"], 1e3),
-            fmt(c["cpu_latency_s"], 1e3),
-            fmt(c["cpu_latency_s"], 1e3),
-        ],
     ]
-    print(tabulate(rows, headers=["", "original", "compressed", "fine-tuned"], tablefmt="github"))
-    print(
-        f"compressed model: {report['files']['model']}"
-        + (f", ONNX: {report['files']['onnx']}" if report["files"]["onnx"] else "")
+    for label, key, unit in (
+        (f"sim. latency ({report['hardware']})", "latency_s", "s"),
+        (f"sim. energy ({report['hardware']})", "energy_j", "J"),
+        ("CPU latency, batch 1", "cpu_latency_s", "s"),
+    ):
+        rows.append([label, *(format_si(v, unit, reference=d[key]) for v in (d[key], c[key], c[key]))])
+    table = tabulate(rows, headers=["", "original", "compressed", "fine-tuned"], tablefmt="github")
+    files = f"compressed model: {report['files']['model']}" + (
+        f", ONNX: {report['files']['onnx']}" if report["files"]["onnx"] else ""
     )
+    log.info("fine-tuning finished:\n%s\n%s", table, files)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://amc.conf", config_name="finetune")

@@ -22,7 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from amc.checkpoint import config_hash, load_checkpoint, load_file, load_state, save_checkpoint, weights_budget
-from amc.cli import run_cli
+from amc.cli import progress_bar, run_cli
 from amc.data import DataModule
 from amc.errors import AmcError
 from amc.evaluate import accuracy
@@ -81,6 +81,7 @@ def train_epoch(
     device: torch.device,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     desc: str,
+    progress: bool = True,
 ) -> float:
     """One epoch of SGD with a per-step LR schedule; returns the mean training loss.
 
@@ -92,10 +93,11 @@ def train_epoch(
         device: where to train.
         loss_fn: ``loss_fn(inputs, labels)`` runs the model and returns the loss (cross-entropy, KD...).
         desc: progress-bar label.
+        progress: show the progress bar.
     """
     model.train()
     total, n = 0.0, 0
-    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True)
+    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=not progress)
     for x, y in bar:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         loss = loss_fn(x, y)
@@ -153,7 +155,11 @@ def train_baseline(cfg: DictConfig, model: nn.Module, data: DataModule, path: Pa
         except (KeyError, ValueError) as exc:
             raise AmcError(f"partial training state {partial} is unusable ({exc}); delete it to start over") from exc
         log.info("resuming pretraining from epoch %d/%d (%s)", start, epochs, partial)
-    for epoch in tqdm(range(start, epochs), desc="pretrain", initial=start, total=epochs, dynamic_ncols=True):
+    progress = progress_bar(cfg)
+    epochs_bar = tqdm(
+        range(start, epochs), desc="pretrain", initial=start, total=epochs, dynamic_ncols=True, disable=not progress
+    )
+    for epoch in epochs_bar:
         # Each epoch's shuffling has its own seed, so a resumed run sees the same batches.
         loader = data.train_loader(seed=baseline_seed(cfg) * 1000 + epoch)
         t0 = time.perf_counter()
@@ -165,6 +171,7 @@ def train_baseline(cfg: DictConfig, model: nn.Module, data: DataModule, path: Pa
             device,
             lambda x, y: nn.functional.cross_entropy(model(x), y, label_smoothing=float(rc.label_smoothing)),
             f"epoch {epoch + 1}/{epochs}",
+            progress,
         )
         history.append({"epoch": epoch + 1, "train_loss": loss, "seconds": time.perf_counter() - t0})
         log.info("epoch %d/%d: train loss %.4f", epoch + 1, epochs, loss)

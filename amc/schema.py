@@ -91,7 +91,12 @@ def Choice(*choices: str) -> Rule:  # noqa: N802
     return Rule("choice", choices=choices)
 
 
-RUN = {"seed": Int(0), "threads": Int(0, fix="threads=N with N >= 1, or 0 for torch's default"), "device": STR}
+RUN = {
+    "seed": Int(0),
+    "threads": Int(0, fix="threads=N with N >= 1, or 0 for torch's default"),
+    "device": STR,
+    "progress_bar": BOOL,
+}
 TRUST = {"trust_targets": STRS}
 DATA = {
     "data.num_classes": Int(1),

@@ -36,6 +36,7 @@ from amc.agents.callbacks import (
     Checkpointer,
     EpisodeLog,
     ProgressBar,
+    ProgressLog,
     TensorBoardLogger,
     latest_checkpoint,
     restore_rng,
@@ -50,7 +51,7 @@ from amc.graph import build_graph
 from amc.pretrain import load_or_pretrain
 from amc.schema import check_config
 from amc.trust import check_targets
-from amc.utils import atomic_write_bytes, claim_dir, move_aside, resolve_device
+from amc.utils import atomic_write_bytes, claim_dir, format_si, move_aside, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -261,8 +262,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         )
         if aside and aside[0] is not None:
             shutil.rmtree(aside[0], ignore_errors=True)
-    print(summary["table"])
-    print(f"outputs: {run_dir}")
+    log.info("search finished in %.0f s:\n%s", summary["seconds"], summary["table"])
+    log.info("outputs: %s", run_dir)
     return summary
 
 
@@ -313,6 +314,7 @@ def search(
     callbacks = CallbackList(
         [
             ProgressBar(bool(cfg.callbacks.progress_bar)),
+            ProgressLog(),
             EpisodeLog(run_dir / "episodes.csv"),
             best_writer,
             TensorBoardLogger(run_dir / "tb", int(cfg.callbacks.image_every), hparams),
@@ -360,15 +362,19 @@ def summarize(
         "params": ("params", 1e-3, "k"),
         "size": ("size", 1 / 8 / 1024, "KiB"),
         "bitops": ("BitOps", 1e-9, "G"),
-        "latency": ("latency", 1e3, "ms"),
-        "energy": ("energy", 1e6, "uJ"),
+        "latency": ("latency", None, "s"),  # None: SI prefix per magnitude (amc.utils.si_unit)
+        "energy": ("energy", None, "J"),
     }
     for key, (label, scale, unit) in units.items():
         if key not in dense or key not in best.metrics:
             continue
         target = best.budgets.get(key, {}).get("target")
         note = f"{best.ratios[key]:.3f}" + (f" (budget {target:g})" if target is not None else "")
-        rows.append([label, f"{dense[key] * scale:.4g} {unit}", f"{best.metrics[key] * scale:.4g} {unit}", note])
+        if scale is None:
+            values = [format_si(dense[key], unit), format_si(best.metrics[key], unit, reference=dense[key])]
+        else:
+            values = [f"{dense[key] * scale:.4g} {unit}", f"{best.metrics[key] * scale:.4g} {unit}"]
+        rows.append([label, *values, note])
     headers = ["", "dense", f"best ({result.agent}, ep {best.episode})", "ratio"]
     table = tabulate(rows, headers=headers, tablefmt="github")
     summary = {

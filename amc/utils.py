@@ -60,6 +60,41 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+SI_PREFIXES = ((1e-9, "n"), (1e-6, "µ"), (1e-3, "m"), (1.0, ""), (1e3, "k"), (1e6, "M"), (1e9, "G"))
+
+
+def si_unit(reference: float | None, unit: str) -> tuple[float, str]:
+    """The SI prefix that shows ``reference`` (in base units) as 1 to 999: ``(multiplier, prefixed unit)``.
+
+    Every table of amc (search summary, fine-tuning report, hardware report) picks its latency and energy
+    units with this, per row from the dense model's value, so 4.96e-5 s reads ``49.6 µs`` everywhere.
+
+    Args:
+        reference: the value that decides the prefix (``None`` or 0: no prefix).
+        unit: the base unit, e.g. ``s`` or ``J``.
+    """
+    if not reference:
+        return 1.0, unit
+    size = abs(float(reference))
+    factor, prefix = next(((f, p) for f, p in SI_PREFIXES if size < f * 1000), SI_PREFIXES[-1])
+    return 1.0 / factor, f"{prefix}{unit}"
+
+
+def format_si(value: float | None, unit: str, reference: float | None = None, digits: int = 4) -> str:
+    """``value`` in the unit :func:`si_unit` picks for ``reference`` (default: ``value``), e.g. ``49.6 µs``.
+
+    Args:
+        value: the number in base units (``None``: ``-``).
+        unit: the base unit.
+        reference: the value that decides the prefix (to share it across a row).
+        digits: significant digits.
+    """
+    if value is None:
+        return "-"
+    scale, label = si_unit(value if reference is None else reference, unit)
+    return f"{value * scale:.{digits}g} {label}"
+
+
 def _write_error(path: Path, exc: BaseException) -> AmcError:
     reason = getattr(exc, "strerror", None) or " ".join(str(exc).split())[:120] or type(exc).__name__
     return AmcError(

@@ -22,7 +22,7 @@ from test_pretrain import make_fmnist, tiny_data_args
 
 from amc.errors import AmcError
 from amc.report import report
-from amc.utils import atomic_torch_save, atomic_write_bytes
+from amc.utils import atomic_torch_save, atomic_write_bytes, format_si
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
@@ -193,3 +193,37 @@ def test_default_baseline_keeps_its_cache_key() -> None:
         for seed in (0, 3):
             cfg = compose("train", overrides=[f"seed={seed}", "paths.root_dir=."])
             assert checkpoint_path(cfg, data).name == "fmnist_cnn-fashion_mnist-105c4675a0.pt"
+
+
+# --- logs, progress and units ---------------------------------------------------------------------
+def test_logs_tell_the_story_without_progress_bars(searched: Path, tmp_path: Path) -> None:
+    (run_dir,) = (searched / "outputs" / "train" / "runs").iterdir()
+    train_log = (run_dir / "train.log").read_text()
+    assert train_log.count("episode ") >= 2 and "episode 2/2 (random): accuracy" in train_log
+    assert "| latency " in train_log and "µs" in train_log and f"outputs: {run_dir}" in train_log
+    out = tmp_path / "ft"
+    args = [f"policy={run_dir}", "epochs=1", "progress_bar=false", "export.latency_repeats=2", f"hydra.run.dir={out}"]
+    run = cli("-m", "amc.finetune", *args, cwd=searched)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "finetune:" not in run.stderr and "\r" not in run.stderr  # no bars
+    ft_log = (out / "finetune.log").read_text()
+    assert "epoch 1/1: train loss" in ft_log and "test top-1 (%)" in ft_log and "compressed model: " in ft_log
+    assert re.search(r"sim\. latency .*µs", ft_log) and re.search(r"CPU latency, batch 1 .*s ", ft_log)
+    assert " ms" not in ft_log and "mJ" not in ft_log
+
+
+def test_pretrain_progress_bar_switch(tmp_path: Path) -> None:
+    make_fmnist(tmp_path / "fm", n_train=300, n_test=50)
+    quiet = cli("-m", "amc.pretrain", *tiny_data_args(tmp_path), "progress_bar=false", cwd=tmp_path)
+    assert quiet.returncode == 0 and "pretrain:" not in quiet.stderr and "\r" not in quiet.stderr, quiet.stderr
+    bars = cli("-m", "amc.pretrain", *tiny_data_args(tmp_path), "pretrain.force=true", cwd=tmp_path)
+    assert bars.returncode == 0 and "pretrain:" in bars.stderr
+
+
+@pytest.mark.parametrize(
+    ("value", "unit", "text"),
+    [(4.961e-5, "s", "49.61 µs"), (2.791e-5, "J", "27.91 µJ"), (3.6e-4, "s", "360 µs"), (1.2, "s", "1.2 s")],
+)
+def test_one_unit_system_per_magnitude(value: float, unit: str, text: str) -> None:
+    assert format_si(value, unit) == text
+    assert format_si(value / 1000, unit, reference=value).split()[1] == text.split()[1]  # a row shares its unit

@@ -27,6 +27,7 @@ from amc.hardware.report import (
     policy_lists,
 )
 from amc.hardware.result import ModelCost
+from amc.utils import format_si
 
 log = logging.getLogger("amc.hardware")
 
@@ -62,9 +63,9 @@ def hardware_report(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[
         print(f"\npolicy {cfg.policy}:")
         print(format_table(after, policy))
         print(
-            f"\nlatency {dense.latency_s * 1e3:.4f} -> {after.latency_s * 1e3:.4f} ms "
-            f"({dense.latency_s / after.latency_s:.2f}x), energy {dense.energy_j * 1e6:.3f} -> "
-            f"{after.energy_j * 1e6:.3f} uJ ({dense.energy_j / after.energy_j:.2f}x)"
+            f"\nlatency {format_si(dense.latency_s, 's')} -> {format_si(after.latency_s, 's', dense.latency_s)} "
+            f"({dense.latency_s / after.latency_s:.2f}x), energy {format_si(dense.energy_j, 'J')} -> "
+            f"{format_si(after.energy_j, 'J', dense.energy_j)} ({dense.energy_j / after.energy_j:.2f}x)"
         )
     if cfg.get("plots", True):
         out = Path(out_dir) if out_dir is not None else Path(HydraConfig.get().runtime.output_dir)
