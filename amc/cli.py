@@ -7,12 +7,13 @@ continue), never a traceback.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import re
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,63 @@ def progress_bar(cfg: DictConfig) -> bool:
     if value is None:
         value = OmegaConf.select(cfg, "callbacks.progress_bar", default=True)
     return bool(value)
+
+
+# Launchers (hydra/launcher=<name>) that need an optional extra: the modules they import and the extra to install.
+_SUBMITIT = (("hydra_plugins.hydra_submitit_launcher", "submitit"), "launchers")
+_RAY = (("hydra_plugins.hydra_ray_launcher", "ray"), "ray")
+LAUNCHER_EXTRAS: dict[str, tuple[tuple[str, ...], str]] = {
+    "slurm": _SUBMITIT,
+    "submitit_local_run": _SUBMITIT,
+    "submitit_slurm": _SUBMITIT,
+    "submitit_local": _SUBMITIT,
+    "ray_local": _RAY,
+    "ray_aws": _RAY,
+    "ray": _RAY,
+}
+
+
+def missing_extra(argv: Sequence[str]) -> str | None:
+    """What to install for a ``hydra/launcher=<name>`` on the command line whose plugin is missing (``None``: fine).
+
+    Hydra itself would only say ``Could not load 'hydra/launcher/...'``.
+
+    Args:
+        argv: the command line's arguments.
+    """
+    for arg in argv:
+        match = re.fullmatch(r"[+~]{0,2}hydra/launcher=(\w+)", arg)
+        if not match or match.group(1) not in LAUNCHER_EXTRAS:
+            continue
+        modules, extra = LAUNCHER_EXTRAS[match.group(1)]
+        missing = [m for m in modules if not _importable(m)]
+        if missing:
+            package = missing[0].rsplit(".", 1)[-1].replace("_", "-")
+            return (
+                f"hydra/launcher={match.group(1)} needs {package}, which is not installed; "
+                f"pip install 'amc[{extra}]' (or use the default joblib launcher)"
+            )
+    return None
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ImportError:  # a parent package is missing
+        return False
+
+
+def hydra_entry(hydra_main: Callable[[], Any]) -> Callable[[], None]:
+    """Wrap a ``@hydra.main`` function: a launcher whose optional extra is missing fails in one line first."""
+
+    def main() -> None:
+        problem = missing_extra(sys.argv[1:])
+        if problem:
+            _fail(problem)
+        hydra_main()
+
+    main.__doc__ = hydra_main.__doc__
+    return main
 
 
 def _fail(message: str, status: int = 2) -> None:

@@ -188,7 +188,7 @@ def export_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, ...]
     try:
         import onnx
     except ImportError:
-        log.warning("onnx is not installed: skipping the ONNX export (pip install onnx to get it)")
+        log.warning("onnx is not installed: skipping the ONNX export; pip install 'amc[onnx]' to get it")
         return False
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

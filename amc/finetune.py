@@ -40,7 +40,7 @@ from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 
 from amc.checkpoint import config_hash, load_file, load_state
-from amc.cli import progress_bar, run_cli
+from amc.cli import hydra_entry, progress_bar, run_cli
 from amc.compress import Compressor, Policy, read_policy_json
 from amc.cost import FP32, CostModel
 from amc.data import DataModule
@@ -818,9 +818,12 @@ def print_report(report: dict[str, Any]) -> None:
 
 
 @hydra.main(version_base="1.3", config_path="pkg://amc.conf", config_name="finetune")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     """Entry point of ``python -m amc.finetune``."""
     run_cli(finetune, cfg)
+
+
+main = hydra_entry(hydra_main)  # python -m amc.X and the amc-X console script
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from amc.checkpoint import config_hash, load_checkpoint, load_file, load_state, save_checkpoint, weights_budget
-from amc.cli import progress_bar, run_cli
+from amc.cli import hydra_entry, progress_bar, run_cli
 from amc.data import DataModule
 from amc.errors import AmcError
 from amc.evaluate import accuracy
@@ -312,9 +312,12 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path="pkg://amc.conf", config_name="pretrain")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     """Entry point of ``python -m amc.pretrain``."""
     run_cli(pretrain, cfg)
+
+
+main = hydra_entry(hydra_main)  # python -m amc.X and the amc-X console script
 
 
 if __name__ == "__main__":

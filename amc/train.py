@@ -42,7 +42,7 @@ from amc.agents.callbacks import (
     restore_rng,
 )
 from amc.checkpoint import config_hash
-from amc.cli import run_cli, setup_run
+from amc.cli import hydra_entry, run_cli, setup_run
 from amc.compress import Policy
 from amc.envs import CompressionEnv
 from amc.errors import AmcError
@@ -397,9 +397,12 @@ def summarize(
 
 
 @hydra.main(version_base="1.3", config_path="pkg://amc.conf", config_name="train")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     """Entry point of ``python -m amc.train``."""
     run_cli(train, cfg)
+
+
+main = hydra_entry(hydra_main)  # python -m amc.X and the amc-X console script
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ Commands run as subprocesses on the tiny Fashion-MNIST stand-in of ``test_pretra
 from __future__ import annotations
 
 import csv
+import importlib.util
 import os
 import re
 import shlex
@@ -227,3 +228,26 @@ def test_pretrain_progress_bar_switch(tmp_path: Path) -> None:
 def test_one_unit_system_per_magnitude(value: float, unit: str, text: str) -> None:
     assert format_si(value, unit) == text
     assert format_si(value / 1000, unit, reference=value).split()[1] == text.split()[1]  # a row shares its unit
+
+
+# --- missing optional extras ----------------------------------------------------------------------
+def test_missing_launcher_extra_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import amc.cli
+
+    if importlib.util.find_spec("hydra_plugins.hydra_ray_launcher") is None:
+        run = cli("-m", "amc.train", "-m", "hydra/launcher=ray_local", "agent=random,uniform", cwd=tmp_path)
+        assert run.returncode == 2 and run.stderr.strip().splitlines() == [
+            "error: hydra/launcher=ray_local needs hydra-ray-launcher, which is not installed; "
+            "pip install 'amc[ray]' (or use the default joblib launcher)"
+        ]
+    monkeypatch.setattr(amc.cli, "_importable", lambda module: "submitit" not in module)
+    assert "pip install 'amc[launchers]'" in str(amc.cli.missing_extra(["-m", "hydra/launcher=slurm"]))
+    assert amc.cli.missing_extra(["hydra/launcher=joblib_local", "agent=ddpg"]) is None
+
+
+def test_missing_onnx_names_the_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    from amc.export import export_onnx
+
+    monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx -> ImportError
+    assert not export_onnx(torch.nn.Linear(4, 2), tmp_path / "m.onnx", (4,))
+    assert "pip install 'amc[onnx]'" in caplog.text

@@ -15,7 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from amc.cli import run_cli
+from amc.cli import hydra_entry, run_cli
 from amc.hardware.model import HardwareModel
 from amc.hardware.presets import build_accelerator
 from amc.hardware.report import (
@@ -78,9 +78,12 @@ def hardware_report(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[
 
 
 @hydra.main(version_base="1.3", config_path="pkg://amc.conf", config_name="hardware_report")
-def main(cfg: DictConfig) -> None:
+def hydra_main(cfg: DictConfig) -> None:
     """Hydra entry point."""
     run_cli(hardware_report, cfg)
+
+
+main = hydra_entry(hydra_main)  # python -m amc.X and the amc-X console script
 
 
 if __name__ == "__main__":
