@@ -193,12 +193,22 @@ class TensorBoardLogger(SearchCallback):
         image_every: episodes between images of the episode's per-unit policy (the best is drawn on
             every improvement).
         hparams: run settings for the hparams table (scalars and strings).
+        hold: keep the writer open after the search, for :meth:`finish` to add metrics measured afterwards
+            (the best policy's test accuracy); otherwise the hparams are written when the search ends.
     """
 
-    def __init__(self, log_dir: str | Path, image_every: int = 50, hparams: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        log_dir: str | Path,
+        image_every: int = 50,
+        hparams: Mapping[str, Any] | None = None,
+        hold: bool = False,
+    ) -> None:
         self.log_dir = Path(log_dir)
         self.image_every = max(0, int(image_every))
         self.hparams = dict(hparams or {})
+        self.hold = hold
+        self.result: SearchResult | None = None
         self.writer: Any = None
 
     def on_search_start(self, agent: Agent, env: CompressionEnv, episodes: int) -> None:
@@ -214,6 +224,8 @@ class TensorBoardLogger(SearchCallback):
         w.add_scalar("search/accuracy", record.accuracy, step)
         for name, value in record.ratios.items():
             w.add_scalar(f"search/ratio/{name}", value, step)
+        for name, budget in record.budgets.items():  # the wall's targets, beside the achieved ratios
+            w.add_scalar(f"search/target/{name}", budget["target"], step)
         w.add_scalar("search/seconds", record.seconds, step)
         if agent.best is not None:
             w.add_scalar("search/best_reward", agent.best.reward, step)
@@ -235,15 +247,30 @@ class TensorBoardLogger(SearchCallback):
             self.writer.add_scalar(f"train/{name}", value, episodes_done)
 
     def on_search_end(self, agent: Agent, result: SearchResult) -> None:
-        metrics: dict[str, float] = {"hparam/episodes": float(len(result.episodes))}
+        self.result = result
+        if not self.hold:
+            self.finish()
+
+    def finish(self, metrics: Mapping[str, float | None] | None = None) -> None:
+        """Write the hparams table (settings and final metrics, plus ``metrics``) and close the writer.
+
+        Args:
+            metrics: more final numbers, e.g. ``{"test_accuracy": 0.91}`` (logged as ``hparam/<name>``).
+        """
+        if self.writer is None or self.result is None:
+            return
+        result = self.result
+        final: dict[str, float] = {"hparam/episodes": float(len(result.episodes))}
         if result.best is not None:
-            metrics["hparam/best_reward"] = result.best.reward
-            metrics["hparam/best_accuracy"] = result.best.accuracy
+            final["hparam/best_reward"] = result.best.reward
+            final["hparam/best_accuracy"] = result.best.accuracy
             for name, b in result.best.budgets.items():
-                metrics[f"hparam/achieved_{name}"] = b["achieved"]
+                final[f"hparam/achieved_{name}"] = b["achieved"]
+        final.update({f"hparam/{k}": float(v) for k, v in (metrics or {}).items() if v is not None})
         hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in self.hparams.items()}
-        self.writer.add_hparams(hparams, metrics, run_name=".", global_step=len(result.episodes))
+        self.writer.add_hparams(hparams, final, run_name=".", global_step=len(result.episodes))
         self.writer.close()
+        self.writer = None
 
 
 def policy_image(policy: Mapping[str, Any], title: str = "") -> np.ndarray:

@@ -79,6 +79,21 @@ def progress_bar(cfg: DictConfig) -> bool:
     return bool(value)
 
 
+def run_tensorboard(log_dir: str | Path | None = None) -> Any | None:
+    """A TensorBoard ``SummaryWriter`` on ``log_dir`` (default: ``<Hydra's run directory>/tb``; ``None`` outside Hydra).
+
+    Args:
+        log_dir: the event directory.
+    """
+    if log_dir is None:
+        if not HydraConfig.initialized():
+            return None
+        log_dir = Path(HydraConfig.get().runtime.output_dir) / "tb"
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(log_dir))
+
+
 # Launchers (hydra/launcher=<name>) that need an optional extra: the modules they import and the extra to install.
 _SUBMITIT = (("hydra_plugins.hydra_submitit_launcher", "submitit"), "launchers")
 _RAY = (("hydra_plugins.hydra_ray_launcher", "ray"), "ray")

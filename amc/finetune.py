@@ -40,7 +40,7 @@ from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 
 from amc.checkpoint import config_hash, load_file, load_state
-from amc.cli import hydra_entry, progress_bar, run_cli
+from amc.cli import hydra_entry, progress_bar, run_cli, run_tensorboard
 from amc.compress import Compressor, Policy, read_policy_json
 from amc.cost import FP32, CostModel
 from amc.data import DataModule
@@ -218,6 +218,7 @@ def train(
     calibration: list[torch.Tensor] | None = None,
     fingerprint: str = "",
     progress: bool = True,
+    writer: Any | None = None,
 ) -> list[dict[str, float]]:
     """Fine-tune ``model`` in place, resuming from ``state_path`` when it holds a finished epoch.
 
@@ -233,6 +234,7 @@ def train(
             scratch (ranges taken on random weights would be meaningless).
         fingerprint: identifies policy + recipe; a state with another one is refused.
         progress: show progress bars (the epoch lines are logged either way).
+        writer: a TensorBoard writer for ``finetune/train_loss`` and ``finetune/lr`` per epoch.
     """
     epochs = int(recipe.epochs)
     steps = epochs * len(data.train_loader(seed=0))
@@ -280,6 +282,9 @@ def train(
             calibrate_activations(model, calibration)
         history.append({"epoch": epoch + 1, "train_loss": loss, "seconds": time.perf_counter() - t0})
         log.info("epoch %d/%d: train loss %.4f", epoch + 1, epochs, history[-1]["train_loss"])
+        if writer is not None:
+            writer.add_scalar("finetune/train_loss", loss, epoch + 1)
+            writer.add_scalar("finetune/lr", sched.get_last_lr()[0], epoch + 1)
         atomic_torch_save(
             {
                 "fingerprint": fingerprint,
@@ -407,7 +412,7 @@ def finetune(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, An
 
 def _outputs(out: Path) -> list[str]:
     """What a fine-tuning wrote into ``out`` (moved aside by ``overwrite=true`` once the new run is valid)."""
-    return ["report.json", "compressed.pt", "model.onnx", STATE_FILE, *(p.name for p in out.glob("round*"))]
+    return ["report.json", "compressed.pt", "model.onnx", "tb", STATE_FILE, *(p.name for p in out.glob("round*"))]
 
 
 def _finetune(cfg: DictConfig, out: Path) -> tuple[dict[str, Any], Path | None]:
@@ -466,6 +471,9 @@ def _finetune(cfg: DictConfig, out: Path) -> tuple[dict[str, Any], Path | None]:
     policy_dict = policy.to_dict(graph)
     fingerprint = config_hash(policy_dict, OmegaConf.to_container(cfg.compress, resolve=True), recipe.__dict__, seed)
     history: list[dict[str, float]] = []
+    writer = run_tensorboard(out / "tb")  # finetune/* tags
+    writer.add_scalar("finetune/test_top1", acc_before["top1"], 0)
+    writer.add_scalar("finetune/dense_test_top1", acc_dense["top1"], 0)
     if recipe.epochs > 0:
         if recipe.from_scratch:
             reinitialise(model)
@@ -482,9 +490,13 @@ def _finetune(cfg: DictConfig, out: Path) -> tuple[dict[str, Any], Path | None]:
             calibration=calib,
             fingerprint=fingerprint,
             progress=progress_bar(cfg),
+            writer=writer,
         )
         strip_qat(model)
     acc_after = accuracy(model, data.test_loader(), device, topk)
+    writer.add_scalar("finetune/test_top1", acc_after["top1"], recipe.epochs)
+    writer.add_scalar("finetune/test_loss", acc_after["loss"], recipe.epochs)
+    writer.close()
 
     report = export(cfg, out, model, dense, graph, policy, keep, data, policy_dict, base_meta)
     report.update(

@@ -22,7 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from amc.checkpoint import config_hash, load_checkpoint, load_file, load_state, save_checkpoint, weights_budget
-from amc.cli import hydra_entry, progress_bar, run_cli
+from amc.cli import hydra_entry, progress_bar, run_cli, run_tensorboard
 from amc.data import DataModule
 from amc.errors import AmcError
 from amc.evaluate import accuracy
@@ -156,6 +156,7 @@ def train_baseline(cfg: DictConfig, model: nn.Module, data: DataModule, path: Pa
             raise AmcError(f"partial training state {partial} is unusable ({exc}); delete it to start over") from exc
         log.info("resuming pretraining from epoch %d/%d (%s)", start, epochs, partial)
     progress = progress_bar(cfg)
+    writer = run_tensorboard()  # pretrain/* tags in the run's tb/ (none outside a Hydra command)
     epochs_bar = tqdm(
         range(start, epochs), desc="pretrain", initial=start, total=epochs, dynamic_ncols=True, disable=not progress
     )
@@ -175,6 +176,9 @@ def train_baseline(cfg: DictConfig, model: nn.Module, data: DataModule, path: Pa
         )
         history.append({"epoch": epoch + 1, "train_loss": loss, "seconds": time.perf_counter() - t0})
         log.info("epoch %d/%d: train loss %.4f", epoch + 1, epochs, loss)
+        if writer is not None:
+            writer.add_scalar("pretrain/train_loss", loss, epoch + 1)
+            writer.add_scalar("pretrain/lr", sched.get_last_lr()[0], epoch + 1)
         atomic_torch_save(
             {
                 "model": model.state_dict(),
@@ -187,6 +191,11 @@ def train_baseline(cfg: DictConfig, model: nn.Module, data: DataModule, path: Pa
             partial,
         )
     test = accuracy(model, data.test_loader(), device, topk=(1, 5) if data.num_classes > 5 else (1,))
+    log.info("baseline test top-1 %.4f, loss %.4f", test["top1"], test["loss"])
+    if writer is not None:
+        writer.add_scalar("pretrain/test_top1", test["top1"], epochs)
+        writer.add_scalar("pretrain/test_loss", test["loss"], epochs)
+        writer.close()
     train_seconds = sum(h["seconds"] for h in history)
     return {
         "test_top1": test["top1"],

@@ -77,6 +77,21 @@ def _name(node: Any) -> str | None:
     return str(node.get("name") or str(node.get("_target_", "?")).rsplit(".", 1)[-1])
 
 
+def flat_settings(node: DictConfig | None, prefix: str) -> dict[str, Any]:
+    """A config node as ``{"<prefix>.<key>": value}`` for TensorBoard's hparams (lists and mappings as text)."""
+    if node is None:
+        return {}
+    plain = OmegaConf.to_container(node, resolve=True)
+    assert isinstance(plain, dict)
+    out: dict[str, Any] = {}
+    for key, value in plain.items():
+        if isinstance(value, dict) and all(not isinstance(v, dict | list) for v in value.values()):
+            out.update({f"{prefix}.{key}.{k}": v for k, v in value.items()})
+        else:
+            out[f"{prefix}.{key}"] = value if isinstance(value, int | float | str | bool) else json.dumps(value)
+    return out
+
+
 def run_identity(cfg: DictConfig, agent: Agent) -> dict[str, Any]:
     """What identifies a run in its outputs: agent, seed, model, data, mode, hardware, budgets, config hash."""
     plain = OmegaConf.to_container(cfg, resolve=True)
@@ -310,19 +325,27 @@ def search(
     hparams = {
         **{k: v for k, v in identity.items() if k != "budget_targets"},
         **{f"budget_{k}": v for k, v in identity["budget_targets"].items()},
+        **flat_settings(cfg.agent, "agent"),
+        **flat_settings(cfg.env, "env"),
     }
+    tensorboard = TensorBoardLogger(run_dir / "tb", int(cfg.callbacks.image_every), hparams, hold=True)
     callbacks = CallbackList(
         [
             ProgressBar(bool(cfg.callbacks.progress_bar)),
             ProgressLog(),
             EpisodeLog(run_dir / "episodes.csv"),
             best_writer,
-            TensorBoardLogger(run_dir / "tb", int(cfg.callbacks.image_every), hparams),
+            tensorboard,
             Checkpointer(run_dir / "checkpoints", int(cfg.callbacks.checkpoint_every), env),
         ]
     )
     result = agent.search(env, episodes, callbacks)
-    summary = summarize(cfg, result, env, data, meta, run_dir, best_writer, time.perf_counter() - t_start)
+    try:
+        summary = summarize(cfg, result, env, data, meta, run_dir, best_writer, time.perf_counter() - t_start)
+    except BaseException:
+        tensorboard.finish()  # a failed summary still closes the writer (without the test numbers)
+        raise
+    tensorboard.finish({k: summary[k] for k in ("test_accuracy", "dense_accuracy", "dense_test_accuracy")})
     return summary, env
 
 

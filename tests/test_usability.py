@@ -251,3 +251,31 @@ def test_missing_onnx_names_the_extra(tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.setitem(sys.modules, "onnx", None)  # import onnx -> ImportError
     assert not export_onnx(torch.nn.Linear(4, 2), tmp_path / "m.onnx", (4,))
     assert "pip install 'amc[onnx]'" in caplog.text
+
+
+# --- TensorBoard ----------------------------------------------------------------------------------
+def scalar_tags(log_dir: Path) -> tuple[set[str], bytes]:
+    """Scalar tags under ``log_dir`` and the hparams plugin's experiment description (serialized)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
+    events.Reload()
+    try:
+        hparams = events.PluginTagToContent("hparams")
+    except KeyError:  # no hparams written
+        hparams = {}
+    return set(events.Tags()["scalars"]), b"".join(hparams.values())
+
+
+def test_tensorboard_carries_settings_targets_and_every_stage(searched: Path, tmp_path: Path) -> None:
+    (run_dir,) = (searched / "outputs" / "train" / "runs").iterdir()
+    scalars, experiment = scalar_tags(run_dir / "tb")
+    assert {"search/target/latency", "search/ratio/latency", "hparam/test_accuracy", "hparam/best_accuracy"} <= scalars
+    assert {"pretrain/train_loss", "pretrain/test_top1"} <= scalars  # the baseline was trained by this run
+    for name in (b"agent._target_", b"env.mode", b"env.selection", b"budget_latency", b"hparam/test_accuracy"):
+        assert name in experiment, name
+    out = tmp_path / "ft"
+    run = cli("-m", "amc.finetune", f"policy={run_dir}", "epochs=1", f"hydra.run.dir={out}", cwd=searched)
+    assert run.returncode == 0, run.stderr[-3000:]
+    scalars, _ = scalar_tags(out / "tb")
+    assert {"finetune/train_loss", "finetune/test_top1", "finetune/dense_test_top1"} <= scalars
