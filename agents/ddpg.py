@@ -66,6 +66,7 @@ class DDPGAgent(SB3Agent):
         device: torch device of the networks.
         best_of: ``all`` or ``learner`` (see :class:`~amc.agents.sb3.SB3Agent`).
         reanchor_every: re-centre on the best episode every this many learning episodes (0: once, after warm-up).
+        demo_budget: largest fraction of the episodes the demonstrations may use (others are skipped).
     """
 
     name: ClassVar[str] = "ddpg"
@@ -99,6 +100,7 @@ class DDPGAgent(SB3Agent):
         device: str = "cpu",
         best_of: str = "all",
         reanchor_every: int = 0,
+        demo_budget: float = 0.5,
     ) -> None:
         super().__init__(
             warmup,
@@ -112,6 +114,7 @@ class DDPGAgent(SB3Agent):
             device,
             best_of,
             reanchor_every,
+            demo_budget,
         )
         self.actor_lr, self.critic_lr = float(actor_lr), float(critic_lr)
         self.tau, self.gamma = float(tau), float(gamma)

@@ -24,6 +24,7 @@ With ``zero_init_actor`` the actor's last layer starts at zero, so the untrained
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -41,6 +42,8 @@ from torch import nn
 
 from amc.compress import Policy
 from amc.errors import AmcError
+
+log = logging.getLogger(__name__)
 
 COUNTERS = ("num_timesteps", "_episode_num", "_n_updates")
 LEARNER_PHASES = ("warmup", "explore", "exploit")
@@ -103,6 +106,8 @@ class SB3Agent(Agent):
             episodes, for measuring what the learning adds, as ``benchmarks/search_quality.py`` does).
         reanchor_every: with ``reference=best``, re-centre on the best legal episode every this many
             learning episodes (0: only once, when the warm-up ends).
+        demo_budget: the demonstrations may use at most this fraction of the episodes; one that would
+            exceed it (a greedy scan of a deep model in a short search) is skipped with a warning.
     """
 
     name: ClassVar[str] = "sb3"
@@ -120,9 +125,11 @@ class SB3Agent(Agent):
         device: str = "cpu",
         best_of: str = "all",
         reanchor_every: int = 0,
+        demo_budget: float = 0.5,
     ) -> None:
         super().__init__(seed)
         self.reanchor_every = int(reanchor_every)
+        self.demo_budget = float(demo_budget)
         if best_of not in ("all", "learner"):
             raise AmcError(f"agent.best_of={best_of!r} is not an option; choose all or learner")
         self.best_of = best_of
@@ -165,9 +172,23 @@ class SB3Agent(Agent):
         super().setup(env, episodes)
         self.env = env
         if not self.demo_episodes and self.demos:
-            self.demo_episodes = [d.episodes_needed(env) for d in self.demos]
-            for d, n in zip(self.demos, self.demo_episodes):
-                d.setup(env, n)
+            kept: list[Agent] = []
+            for demo in self.demos:
+                n = demo.episodes_needed(env)
+                if sum(self.demo_episodes) + n > self.demo_budget * int(episodes):
+                    log.warning(
+                        "demonstration %s needs %d episodes, more than agent.demo_budget=%g of episodes=%d allows: "
+                        "skipped (raise episodes or agent.demo_budget to run it)",
+                        demo.name,
+                        n,
+                        self.demo_budget,
+                        int(episodes),
+                    )
+                    continue
+                demo.setup(env, n)
+                kept.append(demo)
+                self.demo_episodes.append(n)
+            self.demos = kept
         need = sum(self.demo_episodes) + self.warmup + self.n_exploit
         if need >= int(episodes):
             raise AmcError(

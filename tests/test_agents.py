@@ -318,8 +318,14 @@ def test_agents_refuse_bad_episode_counts() -> None:
         RandomSearch().validate(0)
     with pytest.raises(AmcError, match=r"agent.warmup \(10\) \+ agent.exploit \(0\) episodes leave none to learn"):
         DDPGAgent(warmup=10, exploit=0).validate(10)
-    with pytest.raises(AmcError, match=r"demonstrations \(\d+ episodes\).* raise episodes to at least"):
-        DDPGAgent(demos=[GreedySearch(keep_levels=[0.5], bit_levels=[4])], warmup=1).setup(small_env(), 12)
+    greedy = GreedySearch(keep_levels=[0.5], bit_levels=[4])
+    n = greedy.episodes_needed(small_env())
+    with pytest.raises(AmcError, match=rf"demonstrations \({n} episodes\).* raise episodes to at least {n + 2}"):
+        DDPGAgent(demos=[greedy], warmup=1, exploit=0, demo_budget=1.0).setup(small_env(), n + 1)
+    # A demonstration larger than demo_budget of the episodes is skipped, not an error.
+    agent = DDPGAgent(demos=[UniformSearch(), GreedySearch(keep_levels=[0.5], bit_levels=[4])], warmup=1)
+    agent.setup(small_env(), 2 * n - 1)
+    assert [d.name for d in agent.demos] == ["uniform"]
     # 15: activation bits cost nothing under a size+MACs budget, so only weight bits and channels are scanned.
     with pytest.raises(AmcError, match="greedy needs 15 episodes"):
         GreedySearch(keep_levels=[0.5], bit_levels=[4]).setup(small_env(), 10)
