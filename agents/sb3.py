@@ -305,8 +305,7 @@ class SB3Agent(Agent):
     def _adopt_reference(self, env: CompressionEnv) -> None:
         """After the demonstrations: centre the actions on the chosen reference and replay the demos into the buffer."""
         if self.reference == "none":
-            env.reference = None
-            env._reset_state()
+            env.set_reference(None)
         elif self.reference == "best" and self.legal:
             policy, _ = max(self.legal, key=lambda pr: pr[1])  # the first of equals
             env.set_reference(Policy.from_dict(policy, env.graph))
@@ -414,8 +413,7 @@ class SB3Agent(Agent):
         self.reference_policy = state["reference_policy"]
         if self.reference_done:
             if self.reference_policy is None:
-                self.env.reference = None
-                self.env._reset_state()
+                self.env.set_reference(None)
             else:
                 ref = self.reference_policy
                 self.env.set_reference(Policy(ref["kept"], ref["w_bits"], ref["a_bits"]))

@@ -370,15 +370,20 @@ class CompressionEnv(gym.Env):
         kept, w, a = self.uniform_config(ratio, bits)
         return Policy([int(k) for k in kept], [int(b) for b in w], [int(b) for b in a])
 
-    def set_reference(self, policy: Policy) -> None:
+    def set_reference(self, policy: Policy | None) -> None:
         """Centre the actions on ``policy`` (and, with ``wall=reserve``, hold undecided units at it when it fits).
 
         Args:
-            policy: kept channels among :attr:`channel_choices` and bits among each unit's levels.
+            policy: kept channels among :attr:`channel_choices` and bits among each unit's levels;
+                ``None``: no centre (HAQ's equal bins, AMC's linear keep map).
 
         Raises:
             AmcError: the policy is not made of this environment's choices.
         """
+        if policy is None:
+            self.reference = None
+            self._reset_state()
+            return
         policy = Policy([int(k) for k in policy.kept], [int(b) for b in policy.w_bits], [int(b) for b in policy.a_bits])
         policy.validate(self.graph)
         for t in range(self.n_units):
