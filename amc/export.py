@@ -14,6 +14,10 @@ exactly what was saved::
 
 from __future__ import annotations
 
+import contextlib
+import copy
+import io
+import json
 import logging
 import statistics
 import time
@@ -25,15 +29,17 @@ from typing import Any
 import torch
 from hydra.utils import instantiate
 from torch import nn
+from torch.nn.utils import parametrize
 from torch.utils.flop_counter import FlopCounterMode
 
 from amc.checkpoint import load_file, load_state
+from amc.cost import FP32
 from amc.errors import AmcError
 from amc.graph import build_graph
 from amc.pruning import prune_model
 from amc.quantize import ActivationQuantizer
 from amc.trust import check_targets
-from amc.utils import atomic_torch_save
+from amc.utils import atomic_torch_save, atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -210,6 +216,176 @@ def export_onnx(model: nn.Module, path: str | Path, input_shape: tuple[int, ...]
     onnx.checker.check_model(str(tmp))
     tmp.replace(path)
     return True
+
+
+# --- quantized ONNX (QuantizeLinear/DequantizeLinear) ----------------------------------------------
+def _qdq_range(bits: int, signed: bool) -> tuple[int, int, int, int, torch.dtype]:
+    """(clip min, clip max) of a ``bits``-bit code and the 8-bit type's (min, max, dtype) that carries it."""
+    if signed:
+        return -(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1, -128, 127, torch.int8
+    return 0, 2**bits - 1, 0, 255, torch.uint8
+
+
+class _QDQWeight(nn.Module):
+    """Parametrization: a unit's (already fake-quantized) weight through per-channel Q/DQ with its own scales."""
+
+    def __init__(self, w: torch.Tensor, bits: int, symmetric: bool) -> None:
+        super().__init__()
+        flat = w.detach().reshape(w.shape[0], -1).float()
+        eps = torch.finfo(torch.float32).tiny
+        lo, hi, self.qmin, self.qmax, self.dtype = _qdq_range(bits, symmetric)
+        if symmetric:  # the same scales amc.quantize.quantize_weight used: max |w| / qmax per channel
+            scale = (flat.abs().amax(dim=1) / hi).clamp_min(eps)
+            zero = torch.zeros(w.shape[0], dtype=torch.int64)
+        else:
+            low, high = flat.amin(dim=1).clamp_max(0), flat.amax(dim=1).clamp_min(0)
+            scale = ((high - low) / hi).clamp_min(eps)
+            zero = torch.round(-low / scale).clamp(lo, hi).to(torch.int64)
+        self.register_buffer("scale", scale)
+        self.register_buffer("zero", zero)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        qd = torch.ops.quantized_decomposed
+        args = (self.scale, self.zero, 0, self.qmin, self.qmax, self.dtype)
+        return qd.dequantize_per_channel(qd.quantize_per_channel(w, *args), *args)
+
+
+class _QDQInput:
+    """Forward pre-hook: a unit's input clipped to its ``bits``-bit range, then Q/DQ per tensor (8-bit types)."""
+
+    def __init__(self, bits: int, max_abs: float, signed: bool) -> None:
+        lo, hi, self.qmin, self.qmax, self.dtype = _qdq_range(bits, signed)
+        self.scale = max_abs / hi  # as amc.quantize.ActivationQuantizer
+        self.low, self.high = lo * self.scale, hi * self.scale
+
+    def __call__(self, _module: nn.Module, inputs: tuple) -> tuple:
+        qd = torch.ops.quantized_decomposed
+        args = (self.scale, 0, self.qmin, self.qmax, self.dtype)
+        x = qd.dequantize_per_tensor(qd.quantize_per_tensor(inputs[0].clamp(self.low, self.high), *args), *args)
+        return (x, *inputs[1:])
+
+
+def qdq_model(
+    model: nn.Module,
+    units: Iterable[Mapping[str, Any]],
+    activations: Mapping[str, Mapping[str, Any]],
+    symmetric: bool = True,
+) -> nn.Module:
+    """A copy of the float compressed model whose units compute through explicit quantize/dequantize ops.
+
+    Weights go through per-output-channel Q/DQ with the scales of :func:`amc.quantize.quantize_weight`,
+    inputs through a clip to the policy's ``a_bits`` range and per-tensor Q/DQ with the calibrated scale.
+    The integer codes of ``b`` < 8 bits are carried by int8 (uint8 when unsigned) with the clip
+    restricting them to the ``b``-bit range, so the copy computes what the fake-quantized model computes.
+
+    Args:
+        model: the compressed model without activation quantizers (its weights already on their grids).
+        units: the policy's units (``name``, ``w_bits``; :meth:`amc.compress.Policy.to_dict`).
+        activations: the activation quantizer states by unit name (:func:`quantizer_state`).
+        symmetric: the weights were quantized symmetrically.
+    """
+    import torch.ao.quantization.fx._decomposed  # noqa: F401 -- registers torch.ops.quantized_decomposed
+
+    model = copy.deepcopy(model).cpu().eval()
+    modules = dict(model.named_modules())
+    for unit in units:
+        bits, m = int(unit["w_bits"]), modules[str(unit["name"])]
+        if bits > 8 and bits < FP32:
+            log.warning("%s has %d-bit weights: kept in float in the quantized ONNX graph", unit["name"], bits)
+        if bits <= 8:
+            parametrize.register_parametrization(m, "weight", _QDQWeight(m.weight, bits, symmetric))
+    for name, state in activations.items():
+        bits = int(state["bits"])
+        if bits <= 8 and float(state["max_abs"]) > 0:
+            modules[name].register_forward_pre_hook(_QDQInput(bits, float(state["max_abs"]), bool(state["signed"])))
+    return model
+
+
+def export_quantized_onnx(
+    model: nn.Module, path: str | Path, input_shape: tuple[int, ...] | list[int], policy: Mapping[str, Any]
+) -> bool:
+    """Export a :func:`qdq_model` with ``torch.onnx.export(..., dynamo=True)``; ``False`` when onnxscript is missing.
+
+    The graph holds QuantizeLinear/DequantizeLinear pairs (per-channel weights, per-tensor inputs) and a Clip
+    before each input's pair; ``onnx.checker`` checks it, and the policy's per-unit bits are stored in the
+    model's metadata (``amc.policy``).
+
+    Args:
+        model: a :func:`qdq_model`.
+        path: destination ``.onnx`` file.
+        input_shape: one sample's shape (the batch dimension is dynamic).
+        policy: the policy dict, stored as metadata.
+    """
+    try:
+        import onnx
+        import onnxscript  # noqa: F401 -- the dynamo exporter's op library
+    except ImportError as exc:
+        log.warning("%s is not installed: skipping the quantized ONNX export; pip install 'amc[onnx]'", exc.name)
+        return False
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    x = torch.zeros((2, *input_shape))
+    quiet = logging.getLogger("torch.onnx")
+    level, quiet.level = quiet.level, logging.ERROR
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model,
+                (x,),
+                str(tmp),
+                input_names=["input"],
+                output_names=["logits"],
+                dynamic_shapes=({0: torch.export.Dim.DYNAMIC},),
+                dynamo=True,
+                external_data=False,
+            )
+    finally:
+        quiet.level = level
+    graph = onnx.load(str(tmp))
+    units = [{k: u[k] for k in ("name", "w_bits", "a_bits")} for u in policy.get("units", [])]
+    onnx.helper.set_model_props(graph, {"amc.policy": json.dumps({"units": units})})
+    onnx.checker.check_model(graph, full_check=True)
+    atomic_write_bytes(path, graph.SerializeToString())
+    tmp.unlink(missing_ok=True)
+    return True
+
+
+@torch.no_grad()
+def compare_onnx(path: str | Path, model: nn.Module, loader: Iterable[Any]) -> dict[str, float] | None:
+    """Top-1 of the ONNX graph (onnxruntime) and of ``model`` on ``loader``; ``None`` without onnxruntime.
+
+    Args:
+        path: an ``.onnx`` file with input ``input``.
+        model: the fake-quantized model it was exported from.
+        loader: (inputs, labels) batches, e.g. the test split.
+    """
+    try:
+        import onnxruntime
+    except ImportError:
+        log.warning("onnxruntime is not installed: the quantized ONNX graph is not compared; pip install 'amc[onnx]'")
+        return None
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = max(1, torch.get_num_threads())
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    model = model.cpu().eval()
+    hits_onnx = hits_torch = same = n = 0
+    for x, y in loader:
+        ours = session.run(None, {"input": x.numpy()})[0].argmax(axis=1)
+        theirs = model(x).argmax(dim=1).numpy()
+        labels = y.numpy()
+        hits_onnx += int((ours == labels).sum())
+        hits_torch += int((theirs == labels).sum())
+        same += int((ours == theirs).sum())
+        n += len(labels)
+    n = max(n, 1)
+    return {
+        "onnx_top1": hits_onnx / n,
+        "fake_quant_top1": hits_torch / n,
+        "top1_diff": (hits_onnx - hits_torch) / n,
+        "agreement": same / n,
+    }
 
 
 @torch.no_grad()

@@ -19,6 +19,7 @@ The path, top to bottom (:func:`finetune`):
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import logging
 import math
@@ -50,11 +51,14 @@ from amc.evaluate import accuracy
 from amc.export import (
     activation_quantizers,
     check_cost,
+    compare_onnx,
     cpu_latency,
     export_onnx,
+    export_quantized_onnx,
     load_compressed,
     load_quantizer_state,
     measure_cost,
+    qdq_model,
     quantizer_state,
     save_compressed,
 )
@@ -77,6 +81,7 @@ COMPRESS_KEYS = (
     "symmetric",
 )
 STATE_FILE = "finetune_state.pt"
+QDQ_FILE = "model_qdq.onnx"  # the quantized graph (QuantizeLinear/DequantizeLinear), beside the float model.onnx
 
 
 @dataclass
@@ -412,7 +417,8 @@ def finetune(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[str, An
 
 def _outputs(out: Path) -> list[str]:
     """What a fine-tuning wrote into ``out`` (moved aside by ``overwrite=true`` once the new run is valid)."""
-    return ["report.json", "compressed.pt", "model.onnx", "tb", STATE_FILE, *(p.name for p in out.glob("round*"))]
+    files = ["report.json", "compressed.pt", "model.onnx", QDQ_FILE, "tb", STATE_FILE]
+    return [*files, *(p.name for p in out.glob("round*"))]
 
 
 def _finetune(cfg: DictConfig, out: Path) -> tuple[dict[str, Any], Path | None]:
@@ -768,6 +774,26 @@ def export(
     float_model, _ = load_compressed(path, activation_quant=False, trust_targets=trusted_targets(cfg))
     onnx_path = out / "model.onnx"
     onnx_ok = bool(cfg.export.onnx) and export_onnx(float_model, onnx_path, data.input_shape)
+    qdq_path, qdq = out / QDQ_FILE, None
+    quantized = any(int(u["w_bits"]) < FP32 or int(u["a_bits"]) < FP32 for u in policy_dict["units"])
+    if onnx_ok and quantized and bool(cfg.export.get("quantized_onnx", True)):
+        symmetric = bool(cfg.compress.symmetric)
+        graph_model = qdq_model(float_model, policy_dict["units"], quantizer_state(reloaded), symmetric)
+        try:
+            exported = export_quantized_onnx(graph_model, qdq_path, data.input_shape, policy_dict)
+        except Exception as exc:  # noqa: BLE001 -- an exporter limit must not cost the fine-tuned model
+            detail = " ".join(str(exc).split())[:160]
+            log.warning(
+                "quantized ONNX export failed (%s: %s); compressed.pt and model.onnx are fine",
+                type(exc).__name__,
+                detail,
+            )
+            exported = False
+        if exported:
+            batches = cfg.export.get("compare_batches")
+            loader = data.test_loader()
+            test = loader if batches is None else itertools.islice(loader, int(batches))
+            qdq = {"path": str(qdq_path), **(compare_onnx(qdq_path, reloaded, test) or {})}
 
     hw = None
     if cfg.get("hardware") is not None:
@@ -777,7 +803,12 @@ def export(
     dense_cost = cost_model.dense
     repeats = int(cfg.export.latency_repeats)
     return {
-        "files": {"model": str(path), "onnx": str(onnx_path) if onnx_ok else None},
+        "files": {
+            "model": str(path),
+            "onnx": str(onnx_path) if onnx_ok else None,
+            "onnx_qdq": str(qdq_path) if qdq else None,
+        },
+        "onnx_qdq": qdq,
         "hardware": str(cfg.hardware.get("name", cfg.hardware.get("_target_"))) if hw is not None else None,
         "dense": {
             "macs": dense_cost.macs,
@@ -826,6 +857,15 @@ def print_report(report: dict[str, Any]) -> None:
     files = f"compressed model: {report['files']['model']}" + (
         f", ONNX: {report['files']['onnx']}" if report["files"]["onnx"] else ""
     )
+    qdq = report.get("onnx_qdq") or {}
+    if qdq.get("onnx_top1") is not None:
+        files += (
+            f"\nquantized ONNX {qdq['path']}: test top-1 {100 * qdq['onnx_top1']:.2f}% in onnxruntime vs "
+            f"{100 * qdq['fake_quant_top1']:.2f}% fake-quantized ({100 * qdq['top1_diff']:+.2f} points; "
+            f"{100 * qdq['agreement']:.2f}% same predictions)"
+        )
+    elif qdq:
+        files += f"\nquantized ONNX {qdq['path']} (not compared: onnxruntime is not installed)"
     log.info("fine-tuning finished:\n%s\n%s", table, files)
 
 

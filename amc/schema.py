@@ -188,6 +188,8 @@ SCHEMAS: dict[str, dict[str, Rule]] = {
         **{f"compress.{k}": r for k, r in COMPRESSOR.items()},
         "export.onnx": BOOL,
         "export.latency_repeats": Int(1),
+        "export.quantized_onnx": BOOL,
+        "export.compare_batches": Int(1, nullable=True),
     },
     "hardware_report": {**RUN, **TRUST, "policy": OPT_STR, "batch": Int(1, nullable=True), "plots": BOOL},
 }

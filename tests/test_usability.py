@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import json
 import os
 import re
 import shlex
@@ -279,3 +280,26 @@ def test_tensorboard_carries_settings_targets_and_every_stage(searched: Path, tm
     assert run.returncode == 0, run.stderr[-3000:]
     scalars, _ = scalar_tags(out / "tb")
     assert {"finetune/train_loss", "finetune/test_top1", "finetune/dense_test_top1"} <= scalars
+
+
+# --- quantized ONNX -------------------------------------------------------------------------------
+def test_quantized_onnx_keeps_the_bits_and_matches_the_fake_quantized_model(searched: Path, tmp_path: Path) -> None:
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnxscript")
+    (run_dir,) = (searched / "outputs" / "train" / "runs").iterdir()
+    out = tmp_path / "ft"
+    run = cli("-m", "amc.finetune", f"policy={run_dir}", "epochs=0", f"hydra.run.dir={out}", cwd=searched)
+    assert run.returncode == 0, run.stderr[-3000:]
+    graph = onnx.load(str(out / "model_qdq.onnx"))
+    onnx.checker.check_model(graph, full_check=True)
+    ops = [n.op_type for n in graph.graph.node]
+    assert ops.count("QuantizeLinear") >= 2 and ops.count("DequantizeLinear") >= 2 and "Clip" in ops
+    stored = json.loads({p.key: p.value for p in graph.metadata_props}["amc.policy"])["units"]
+    policy = json.loads((run_dir / "best_policy.json").read_text())["policy"]["units"]
+    assert [(u["w_bits"], u["a_bits"]) for u in stored] == [(u["w_bits"], u["a_bits"]) for u in policy]
+    report_json = json.loads((out / "report.json").read_text())
+    assert report_json["files"]["onnx_qdq"] == str(out / "model_qdq.onnx")
+    if importlib.util.find_spec("onnxruntime") is not None:
+        qdq = report_json["onnx_qdq"]
+        assert abs(qdq["top1_diff"]) <= 0.02 and qdq["agreement"] >= 0.97, qdq
+        assert "quantized ONNX" in (out / "finetune.log").read_text()
