@@ -268,7 +268,7 @@ def test_demonstrations_set_the_reference_and_seed_the_replay_buffer() -> None:
     env, rec = small_env(), Recorder()
     demos = [UniformSearch(), GreedySearch(keep_levels=[0.5], bit_levels=[4])]
     n_uniform, n_greedy = demos[0].episodes_needed(env), demos[1].episodes_needed(env)
-    agent = DDPGAgent(demos=demos, warmup=1, exploit=1, seed=0, best_of="learner")
+    agent = DDPGAgent(demos=demos, warmup=1, exploit=1, seed=0, best_of="learner", demo_budget=1.0)
     result = agent.search(env, n_uniform + n_greedy + 4, rec)
     phases = [r.phase for r in rec.records]
     assert phases == (
