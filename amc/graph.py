@@ -295,6 +295,30 @@ def _trace_units(model: nn.Module, example: torch.Tensor) -> list[Unit]:
     return units
 
 
+def _broadcast_partners(
+    dg: tp.DependencyGraph,
+    tp_group: Any,
+    module_to_name: dict[nn.Module, str],
+    name_to_unit: dict[str, Unit],
+    width: int,
+) -> list[str]:
+    """Units whose outputs torch-pruning couples to a group of ``width`` channels but that have another width."""
+    out = []
+    for item in tp_group:
+        target = item.dep.target.module
+        name = module_to_name.get(target) if isinstance(target, nn.Module) else None
+        u = name_to_unit.get(name) if name is not None else None
+        if (
+            u is not None
+            and not u.depthwise
+            and dg.is_out_channel_pruning_fn(item.dep.handler)
+            and u.out_channels != width
+            and u.name not in out
+        ):
+            out.append(u.name)
+    return out
+
+
 def build_dependency_graph(model: nn.Module, example: torch.Tensor) -> tp.DependencyGraph:
     """torch-pruning's dependency graph of ``model``, traced on ``example`` (kept in eval mode).
 
@@ -399,8 +423,15 @@ def build_graph(model: nn.Module, input_shape: tuple[int, ...] | list[int], chec
         input_shape: one sample's shape, e.g. (1, 28, 28).
         check_routing: verify each prunable group's channel routing on real forward passes
             (:func:`_check_routing`, up to three per group: 13 s for ResNet-50 at 224x224 on one CPU
-            thread). Needed wherever the groups decide what gets pruned; callers that only need the
-            units, the input-shape check or a replay of already-chosen indices turn it off.
+            thread) and its costs on a pruned copy (:func:`amc.cost.verify_costs`: one copy of the
+            model with every prunable group pruned at random, checked against ``flop_counter``, more
+            only for groups that fail). Needed wherever the groups decide what gets pruned; callers
+            that only need the units, the input-shape check or a replay of already-chosen indices turn
+            it off. The dense model's costs are checked either way (one counted forward pass).
+
+    Raises:
+        AmcError: the forward pass fails on the input shape, a layer is called twice, or a unit's
+            closed-form dense cost disagrees with ``torch.utils.flop_counter`` (naming the layer).
     """
     input_shape = tuple(int(s) for s in input_shape)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
@@ -431,6 +462,26 @@ def build_graph(model: nn.Module, input_shape: tuple[int, ...] | list[int], chec
         )
         extra = 0.0
         reason = ""
+        # A unit coupled to this group's outputs with another width broadcasts into them (e.g. a 1-channel
+        # attention map multiplied into 16 channels): torch-pruning would prune it with the group.
+        wider = _broadcast_partners(dg, tp_group, module_to_name, name_to_unit, unit.out_channels)
+        if any(name_to_unit[n].out_channels > unit.out_channels for n in wider):
+            partner = next(n for n in wider if name_to_unit[n].out_channels > unit.out_channels)
+            unit.out_group = g.index
+            g.producers.append(unit.index)
+            claimed.add(unit.index)
+            g.prunable = False
+            g.reason = (
+                f"its {g.channels} channel(s) are broadcast into the {name_to_unit[partner].out_channels} "
+                f"channels of {partner!r}"
+            )
+            groups.append(g)
+            continue
+        if wider:
+            reason = (
+                f"the {name_to_unit[wider[0]].out_channels}-channel output of {wider[0]!r} is broadcast into its "
+                "channels, and torch-pruning would prune that layer with them"
+            )
         for item in tp_group:
             dep, idxs = item.dep, item.idxs
             target = dep.target.module
@@ -447,6 +498,8 @@ def build_graph(model: nn.Module, input_shape: tuple[int, ...] | list[int], chec
                     g.consumers.append(u.index)
                     claimed.add(u.index)
                 elif dg.is_out_channel_pruning_fn(dep.handler):
+                    if tname in wider:
+                        continue  # a broadcast partner has its own group
                     u.out_group = g.index
                     g.producers.append(u.index)
                     claimed.add(u.index)
@@ -497,5 +550,8 @@ def build_graph(model: nn.Module, input_shape: tuple[int, ...] | list[int], chec
     group_extra = sum(g.extra_params_per_channel * g.channels for g in groups)
     fixed = int(round(total - unit_params - group_extra))
     graph = ModelGraph(units=units, groups=groups, input_shape=input_shape, total_params=total, fixed_params=fixed)
+    from amc.cost import verify_costs  # amc.cost builds on this module's graph
+
+    verify_costs(model, graph, pruned=check_routing)
     log.debug("graph: %d units, %d groups (%d prunable)", len(units), len(groups), len(graph.prunable_groups))
     return graph
