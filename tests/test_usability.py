@@ -74,6 +74,12 @@ def searched(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+def search_run(root: Path) -> Path:
+    """The fixture's search run folder (a resume's own Hydra folder beside it holds no best policy)."""
+    (run_dir,) = (p for p in (root / "outputs" / "train" / "runs").iterdir() if (p / "best_policy.json").is_file())
+    return run_dir
+
+
 def readme_commands(prefix: str) -> list[str]:
     """The README's command lines that start with ``prefix`` (comments dropped)."""
     lines = [line.split("  #")[0].strip() for line in README.read_text().splitlines()]
@@ -81,7 +87,7 @@ def readme_commands(prefix: str) -> list[str]:
 
 
 def test_readme_policy_and_resume_commands_run_as_written(searched: Path) -> None:
-    (run_dir,) = (searched / "outputs" / "train" / "runs").iterdir()
+    run_dir = search_run(searched)
     assert not set("=,") & set(run_dir.name) and len(run_dir.name) < 48, run_dir.name
     assert (run_dir / ".hydra" / "overrides.yaml").read_text().count("agent=random") == 1
     commands = readme_commands("python -m amc.finetune policy=outputs/train/runs/<run>")
@@ -199,7 +205,7 @@ def test_default_baseline_keeps_its_cache_key() -> None:
 
 # --- logs, progress and units ---------------------------------------------------------------------
 def test_logs_tell_the_story_without_progress_bars(searched: Path, tmp_path: Path) -> None:
-    (run_dir,) = (searched / "outputs" / "train" / "runs").iterdir()
+    run_dir = search_run(searched)
     train_log = (run_dir / "train.log").read_text()
     assert train_log.count("episode ") >= 2 and "episode 2/2 (random): accuracy" in train_log
     assert "| latency " in train_log and "µs" in train_log and f"outputs: {run_dir}" in train_log
@@ -269,7 +275,7 @@ def scalar_tags(log_dir: Path) -> tuple[set[str], bytes]:
 
 
 def test_tensorboard_carries_settings_targets_and_every_stage(searched: Path, tmp_path: Path) -> None:
-    (run_dir,) = (searched / "outputs" / "train" / "runs").iterdir()
+    run_dir = search_run(searched)
     scalars, experiment = scalar_tags(run_dir / "tb")
     assert {"search/target/latency", "search/ratio/latency", "hparam/test_accuracy", "hparam/best_accuracy"} <= scalars
     assert {"pretrain/train_loss", "pretrain/test_top1"} <= scalars  # the baseline was trained by this run
@@ -286,7 +292,7 @@ def test_tensorboard_carries_settings_targets_and_every_stage(searched: Path, tm
 def test_quantized_onnx_keeps_the_bits_and_matches_the_fake_quantized_model(searched: Path, tmp_path: Path) -> None:
     onnx = pytest.importorskip("onnx")
     pytest.importorskip("onnxscript")
-    (run_dir,) = (searched / "outputs" / "train" / "runs").iterdir()
+    run_dir = search_run(searched)
     out = tmp_path / "ft"
     run = cli("-m", "amc.finetune", f"policy={run_dir}", "epochs=0", f"hydra.run.dir={out}", cwd=searched)
     assert run.returncode == 0, run.stderr[-3000:]
