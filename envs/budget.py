@@ -20,6 +20,7 @@ from amc.errors import AmcError
 
 METRICS = ("macs", "params", "size", "bitops", "latency", "energy")
 HARDWARE_METRICS = ("latency", "energy")
+MIN_BITS = 2  # the fewest bits amc quantizes to (amc.envs.compression.bit_levels)
 
 
 class HardwareCostFn(Protocol):
@@ -109,14 +110,50 @@ class BudgetWall:
         return all(m[n] <= self.limits[n] * (1 + 1e-12) for n in self.names)
 
     def check_reachable(self, kept: Sequence[int], w_bits: Sequence[int], a_bits: Sequence[int]) -> None:
-        """Raise a one-line :class:`AmcError` when even the all-minimum configuration misses a budget."""
+        """Raise a one-line :class:`AmcError` when even the all-minimum configuration misses a budget.
+
+        The message gives the smallest reachable ratio, the groups kept whole (and why), and only the
+        advice that can help: a lower ``min_keep`` when pruning every prunable group to one channel would
+        lower the ratio, lower bits when 2-bit units would, and, when neither (nor both) can reach the
+        budget, only a higher budget.
+        """
         ratios = self.ratios(kept, w_bits, a_bits)
         for n in self.names:
             if ratios[n] > self.budgets[n] * (1 + 1e-12):
-                raise AmcError(
-                    f"budget {n}={self.budgets[n]:g} is unreachable: the smallest reachable ratio is {ratios[n]:.4f} "
-                    f"with these action limits; raise the budget to at least {ratios[n]:.4f} or lower min_keep/min_bits"
-                )
+                raise AmcError(self._unreachable(n, ratios[n], kept, w_bits, a_bits))
+
+    def _unreachable(
+        self, name: str, ratio: float, kept: Sequence[int], w_bits: Sequence[int], a_bits: Sequence[int]
+    ) -> str:
+        graph = self.evaluator.cost_model.graph
+        target = self.budgets[name]
+        # The most the action limits could ever give: one channel per prunable group, 2-bit units.
+        fewest = [1 if g.prunable else int(k) for g, k in zip(graph.groups, kept)]
+        pruned = self.ratios(fewest, w_bits, a_bits)[name]
+        low = [MIN_BITS if b < FP32 else b for b in w_bits], [MIN_BITS if b < FP32 else b for b in a_bits]
+        narrow = self.ratios(kept, *low)[name]
+        floor = self.ratios(fewest, *low)[name]
+        quantized = any(b < FP32 for b in list(w_bits) + list(a_bits))
+        if not quantized and name not in ("macs", "params"):  # float units: quantizing would lower it
+            narrow = self.ratios(kept, [MIN_BITS] * len(w_bits), [MIN_BITS] * len(a_bits))[name]
+            floor = self.ratios(fewest, [MIN_BITS] * len(w_bits), [MIN_BITS] * len(a_bits))[name]
+        whole = [g for g in graph.groups if not g.prunable and g.reason]
+        listed = "; ".join(f"{g.root!r}: {g.reason}" for g in whole[:4])
+        more = f"; and {len(whole) - 4} more" if len(whole) > 4 else ""
+        kept_whole = f"; groups kept whole: {listed}{more}" if whole else ""
+        advice = [f"raise the budget to at least {ratio:.4f}"]
+        if floor <= target * (1 + 1e-12):
+            pruning = any(g.prunable and int(k) < g.channels for g, k in zip(graph.groups, kept))
+            if pruned < ratio * (1 - 1e-9):
+                advice.append("lower env.min_keep" + (" (or env.channel_multiple)" if pruning else " or prune too"))
+            if narrow < ratio * (1 - 1e-9):
+                advice.append("lower the min bits (env.w_bits/env.a_bits)" if quantized else "quantize too")
+        else:
+            advice[0] += f" (no min_keep or bit range goes below {floor:.4f} on this model)"
+        return (
+            f"budget {name}={target:g} is unreachable: the smallest reachable ratio is {ratio:.4f} with these "
+            f"action limits{kept_whole}; {', or '.join(advice)}"
+        )
 
     @staticmethod
     def largest_legal(choices: Sequence[int], wish: int, legal: Any) -> int:
