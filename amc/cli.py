@@ -79,7 +79,7 @@ def progress_bar(cfg: DictConfig) -> bool:
     return bool(value)
 
 
-def run_tensorboard(log_dir: str | Path | None = None) -> Any | None:
+def run_tensorboard(log_dir: str | Path | None = None) -> Any:
     """A TensorBoard ``SummaryWriter`` on ``log_dir`` (default: ``<Hydra's run directory>/tb``; ``None`` outside Hydra).
 
     Args:

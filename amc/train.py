@@ -85,10 +85,11 @@ def flat_settings(node: DictConfig | None, prefix: str) -> dict[str, Any]:
     assert isinstance(plain, dict)
     out: dict[str, Any] = {}
     for key, value in plain.items():
+        name = f"{prefix}.{key!s}"
         if isinstance(value, dict) and all(not isinstance(v, dict | list) for v in value.values()):
-            out.update({f"{prefix}.{key}.{k}": v for k, v in value.items()})
+            out.update({f"{name}.{k!s}": v for k, v in value.items()})
         else:
-            out[f"{prefix}.{key}"] = value if isinstance(value, int | float | str | bool) else json.dumps(value)
+            out[name] = value if isinstance(value, int | float | str | bool) else json.dumps(value)
     return out
 
 
