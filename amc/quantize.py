@@ -56,6 +56,8 @@ class ActivationQuantizer:
     """
 
     def __init__(self, bits: int) -> None:
+        if int(bits) < 2:
+            raise ValueError(f"activation bits must be >= 2, got {bits}")
         self.bits = int(bits)
         self.max_abs = 0.0
         self.signed = False

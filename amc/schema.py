@@ -259,13 +259,18 @@ def check_value(key: str, value: Any, rule: Rule) -> None:
 
 def _check_bits(key: str, value: Any) -> None:
     pair = OmegaConf.to_container(value) if isinstance(value, ListConfig) else value
-    fix = f"set {key}=[min,max] with 1 <= min <= max <= 16, e.g. {key}=[2,8] (or [32,32]: float)"
+    fix = f"set {key}=[min,max] with 2 <= min <= max <= 16, e.g. {key}=[2,8] (or [32,32]: float)"
     if not isinstance(pair, list) or len(pair) != 2 or not all(_is_number(b) and float(b) == int(b) for b in pair):
         raise AmcError(f"{key}={_show(value)} is not a [min, max] pair of whole bit counts; {fix}")
     lo, hi = int(pair[0]), int(pair[1])
     if not (lo == hi == 32 or 1 <= lo <= hi <= 16):
         raise AmcError(
-            f"bit range {lo}..{hi} is invalid for {key}; use 1 <= min_bits <= max_bits <= 16 (or [32, 32]: float)"
+            f"bit range {lo}..{hi} is invalid for {key}; use 2 <= min_bits <= max_bits <= 16 (or [32, 32]: float)"
+        )
+    if lo < 2:
+        raise AmcError(
+            f"{key}=[{lo},{hi}] asks for 1-bit values, which amc does not quantize to (its linear fake-quant needs "
+            f"2 bits, a sign and a magnitude); use {key}=[2,{max(hi, 2)}]"
         )
 
 

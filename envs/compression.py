@@ -71,12 +71,20 @@ def bit_levels(min_bits: int, max_bits: int, allow_fp32: bool = False) -> list[i
         min_bits: fewest bits.
         max_bits: most bits (<= 16); ``min_bits == max_bits == 32`` keeps the operand float.
         allow_fp32: append ``FP32`` (unquantized) as the top level.
+
+    Raises:
+        AmcError: a range outside 2..16 (1-bit is refused: amc has no binary quantizer).
     """
     if min_bits == max_bits == FP32:
         return [FP32]  # this operand stays float (e.g. HAQ's weight-only setting: a_bits=[32, 32])
     if not 1 <= min_bits <= max_bits <= 16:
         raise AmcError(
-            f"bit range {min_bits}..{max_bits} is invalid; use 1 <= min_bits <= max_bits <= 16 (or [32, 32]: float)"
+            f"bit range {min_bits}..{max_bits} is invalid; use 2 <= min_bits <= max_bits <= 16 (or [32, 32]: float)"
+        )
+    if min_bits < 2:  # linear fake-quant needs a sign and a magnitude; 1-bit (binary) nets are not supported
+        raise AmcError(
+            f"bit range {min_bits}..{max_bits} asks for 1-bit values, which amc does not quantize to; "
+            f"use min_bits >= 2 (e.g. [2, {max(max_bits, 2)}])"
         )
     return list(range(min_bits, max_bits + 1)) + ([FP32] if allow_fp32 else [])
 
