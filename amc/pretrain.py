@@ -7,6 +7,7 @@ resumable state after every epoch; an interrupted run continues from the last fi
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -27,6 +28,7 @@ from amc.data import DataModule
 from amc.errors import AmcError
 from amc.evaluate import accuracy
 from amc.graph import build_graph
+from amc.models import accepted_arguments
 from amc.schema import check_config
 from amc.utils import atomic_torch_save, resolve_device, wait_for_lock
 
@@ -36,14 +38,18 @@ RECIPE_KEYS = ("epochs", "lr", "momentum", "weight_decay", "nesterov", "label_sm
 
 
 def arch_spec(model_cfg: DictConfig) -> dict[str, Any]:
-    """The model's config as a plain dict (the architecture spec stored in checkpoints).
+    """The model's config as a plain dict: what gets built, and the architecture spec stored in checkpoints.
+
+    The model configs pass ``num_classes`` and ``in_channels`` from the data config; a user's model
+    (``model._target_=my.pkg.Net``) whose constructor takes neither (nor ``**kwargs``) gets them
+    dropped here (:func:`amc.models.accepted_arguments`), so build models as ``instantiate(arch_spec(cfg.model))``.
 
     Args:
         model_cfg: the ``model`` config node (with ``_target_``).
     """
     spec = OmegaConf.to_container(model_cfg, resolve=True)
     assert isinstance(spec, dict)
-    return spec
+    return accepted_arguments(spec)
 
 
 def baseline_seed(cfg: DictConfig) -> int:
@@ -236,7 +242,7 @@ def load_or_pretrain(cfg: DictConfig, data: DataModule | None = None) -> tuple[n
         data: an already-built data module (built from ``cfg.data`` when omitted).
     """
     data = data if data is not None else instantiate(cfg.data)
-    model = instantiate(cfg.model)
+    model = instantiate(arch_spec(cfg.model))
     check_model(model, data)
     weights = cfg.pretrain.get("weights")
     if weights:
@@ -245,6 +251,18 @@ def load_or_pretrain(cfg: DictConfig, data: DataModule | None = None) -> tuple[n
     # One process trains a given baseline; another that wants it (a parallel sweep job) waits, then loads it.
     with wait_for_lock(path.with_suffix(".lock"), "training this baseline"):
         return _cached_or_trained(cfg, model, data, path)
+
+
+def needs_training(cfg: DictConfig, data: DataModule) -> bool:
+    """Whether :func:`load_or_pretrain` would train the baseline now (no ``pretrain.weights`` or cached one, or forced).
+
+    Args:
+        cfg: the composed config.
+        data: the data module.
+    """
+    if cfg.pretrain.get("weights"):
+        return False
+    return bool(cfg.pretrain.get("force", False)) or not checkpoint_path(cfg, data).exists()
 
 
 def check_model(model: nn.Module, data: DataModule) -> None:
@@ -268,11 +286,36 @@ def check_model(model: nn.Module, data: DataModule) -> None:
     finally:
         model.train(was_training)
     shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+    if shape == (2, data.num_classes):
+        check_training_output(model, data.input_shape)
     if shape != (2, data.num_classes):
         raise AmcError(
             f"the model outputs {shape} for a batch of 2 images, but {data.name} has {data.num_classes} classes "
             f"(expected (2, {data.num_classes})); set model.num_classes={data.num_classes} or use a classifier "
             "that returns one logit per class"
+        )
+
+
+def check_training_output(model: nn.Module, input_shape: tuple[int, ...]) -> None:
+    """Refuse a model whose training-mode forward returns something other than one logits tensor.
+
+    Inception/GoogLeNet-style models return ``(logits, aux_logits)`` while training; amc's pretraining,
+    fine-tuning and in-search fine-tunes train on one tensor, so such a model is refused here, before
+    any training, rather than failing in the loss. Runs on a copy (BatchNorm statistics and the global
+    RNG, which dropout draws from, stay untouched).
+
+    Args:
+        model: the freshly built model.
+        input_shape: one sample's shape.
+    """
+    probe = copy.deepcopy(model).train()
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        out = probe(torch.zeros(2, *input_shape, device=next(probe.parameters()).device))
+    if not isinstance(out, torch.Tensor):
+        raise AmcError(
+            f"the model returns a {type(out).__name__} in training mode, not one logits tensor (e.g. (logits, aux) "
+            "of an auxiliary head); amc trains on the logits alone: make the training-mode forward return only "
+            "the logits (drop or switch off the auxiliary output)"
         )
 
 
@@ -294,7 +337,7 @@ def _cached_or_trained(cfg: DictConfig, model: nn.Module, data: DataModule, path
     else:  # its own seed, independent of the run's (a sweep over search seeds shares one baseline)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(baseline_seed(cfg))
-            model = instantiate(cfg.model)
+            model = instantiate(arch_spec(cfg.model))
             meta = train_baseline(cfg, model, data, path)
     meta.update(
         {"data": data.name, "seed": baseline_seed(cfg), "recipe": OmegaConf.to_container(cfg.pretrain, resolve=True)}
@@ -313,9 +356,15 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     """
     t0 = time.perf_counter()
     check_config(cfg, "pretrain")
-    _, meta = load_or_pretrain(cfg)
+    data = instantiate(cfg.data)
+    model, meta = load_or_pretrain(cfg, data)
     took = time.perf_counter() - t0
-    state = "cached" if meta["cached"] else f"trained in {took:.0f} s"
+    if meta.get("user_weights"):  # trained elsewhere: measure the baseline here
+        test = accuracy(model, data.test_loader(), resolve_device(cfg.device))
+        meta["test_top1"] = test["top1"]
+        state = "user weights, not trained here"
+    else:
+        state = "cached" if meta["cached"] else f"trained in {took:.0f} s"
     print(f"baseline {meta['path']}: test top-1 {100 * meta['test_top1']:.2f}% ({state})")
     return meta
 

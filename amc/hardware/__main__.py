@@ -43,10 +43,11 @@ def hardware_report(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[
         ``{"dense": cost}`` plus ``{"policy": cost}`` when a policy file is given.
     """
     from amc.graph import build_graph
+    from amc.pretrain import arch_spec
 
     accelerator = build_accelerator(cfg.hardware)
     data = instantiate(cfg.data)
-    model = instantiate(cfg.model)
+    model = instantiate(arch_spec(cfg.model))
     graph = build_graph(model, data.input_shape, check_routing=False)  # units only
     hw = HardwareModel(accelerator, graph.units, batch=cfg.get("batch"))
     about = accelerator.describe()
