@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -48,7 +49,7 @@ from amc.envs import CompressionEnv
 from amc.errors import AmcError
 from amc.evaluate import accuracy
 from amc.graph import build_graph
-from amc.pretrain import load_or_pretrain
+from amc.pretrain import arch_spec, check_model, load_or_pretrain, needs_training
 from amc.schema import check_config
 from amc.trust import check_targets
 from amc.utils import atomic_write_bytes, claim_dir, format_si, move_aside, resolve_device
@@ -236,8 +237,15 @@ def load_checkpoint_into(agent: Agent, env: CompressionEnv, checkpoint: Path, ep
         ) from exc
 
 
-def build_env(cfg: DictConfig, model: Any, data: Any) -> CompressionEnv:
-    """The environment for ``model`` on ``data`` with the config's hardware, reward and budgets."""
+def build_env(cfg: DictConfig, model: Any, data: Any, **options: Any) -> CompressionEnv:
+    """The environment for ``model`` on ``data`` with the config's hardware, reward and budgets.
+
+    Args:
+        cfg: a ``train`` config.
+        model: the model to compress.
+        data: its data module.
+        **options: env settings that replace the config's (see :func:`check_before_pretraining`).
+    """
     hardware = instantiate(cfg.hardware) if cfg.get("hardware") is not None else None
     reward = instantiate(cfg.reward)
     budgets = {k: float(v) for k, v in (cfg.budgets or {}).items() if v is not None}
@@ -249,7 +257,23 @@ def build_env(cfg: DictConfig, model: Any, data: Any) -> CompressionEnv:
         budgets=budgets,
         seed=int(cfg.seed),
         device=resolve_device(str(cfg.device)),
+        **options,
     )
+
+
+def check_before_pretraining(cfg: DictConfig, data: Any) -> None:
+    """Build the environment on the untrained model, so budgets, bits and hardware limits fail before pretraining.
+
+    Costs need no weights: the graph (with its routing and cost checks), the budget wall and the
+    hardware model are the same for the untrained model. Its accuracy is not measured, one calibration
+    batch is used and nothing is reconstructed or fine-tuned; the global RNG is left as it was, so the
+    baseline trained next is the one trained without this check.
+    """
+    with torch.random.fork_rng(devices=[]):
+        model = instantiate(arch_spec(cfg.model))
+        check_model(model, data)
+        check_channel_multiple(cfg, model, data)
+        build_env(cfg, model, data, dense_accuracy=0.0, calibration_batches=1, reconstruction=False, finetune_batches=0)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -264,6 +288,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         cfg, run_dir, checkpoint, replace = prepare_run_dir(cfg)
         instantiate(cfg.agent).validate(int(cfg.episodes))  # bad settings fail before any data is read
         data = instantiate(cfg.data)
+        if needs_training(cfg, data):  # minutes of pretraining: first check what needs no weights
+            check_before_pretraining(cfg, data)
         model, meta = load_or_pretrain(cfg, data)
         aside: list[Path | None] = []
         summary, _ = search(
