@@ -20,7 +20,8 @@ Settings (Fashion-MNIST, the full 5,000-image search split unless ``--set data.s
 - S2 fmnist_cnn, joint, latency <= 0.3, 200 episodes;
 - S3 ResNet-20 (28x28), joint, latency <= 0.5, 200 episodes (a 3-epoch baseline; on a CPU pass a
   smaller split with ``--set``);
-- S4 fmnist_cnn, prune, MACs <= 0.3, 120 episodes, scored after the same 1-epoch fine-tune.
+- S4 fmnist_cnn, prune, MACs <= 0.3, 120 episodes, scored after the same 1-epoch fine-tune;
+- D the default run (``make run``): fmnist_cnn, joint, latency <= 0.5, 400 episodes.
 """
 
 from __future__ import annotations
@@ -43,6 +44,8 @@ SETTINGS: dict[str, dict] = {
     "S2": {"overrides": ["model=fmnist_cnn", "env=joint", "budgets.latency=0.3"], "episodes": 200},
     "S3": {"overrides": ["model=resnet20", "pretrain.epochs=3", "env=joint", "budgets.latency=0.5"], "episodes": 200},
     "S4": {"overrides": ["model=fmnist_cnn", "env=prune", "budgets.macs=0.3"], "episodes": 120, "finetune": True},
+    # The default `make run` / `python -m amc.train`: joint, latency <= 0.5 on bitfusion_edge, 400 episodes.
+    "D": {"overrides": ["model=fmnist_cnn", "env=joint", "budgets.latency=0.5"], "episodes": 400},
 }
 BASELINES = ("uniform", "random", "greedy", "ilp")
 LEARNERS = ("ddpg", "ddpg_cold", "td3", "sac", "ppo")
