@@ -7,6 +7,8 @@ continue), never a traceback.
 
 from __future__ import annotations
 
+import copy
+import fcntl
 import importlib.util
 import logging
 import os
@@ -17,15 +19,18 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from hydra._internal.config_loader_impl import get_overrides_dirname
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
-from omegaconf import Container, DictConfig, OmegaConf
+from omegaconf import Container, DictConfig, OmegaConf, open_dict, read_write
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from amc.checkpoint import config_hash
 from amc.errors import AmcError
 from amc.schema import check_config
-from amc.utils import seed_everything, set_threads
+from amc.utils import LOCK_FILE, seed_everything, set_threads
 
 log = logging.getLogger("amc")
 
@@ -221,11 +226,90 @@ def writable_dir_problem(path: str | Path) -> str | None:
     return None
 
 
+# What a finished (or running) command left in its run directory, per command that refuses such a
+# directory: the files amc.train's prepare_run_dir and amc.finetune check, and the state they describe.
+HELD: dict[str, tuple[tuple[str, str], ...]] = {
+    "train": (("summary.json", "a finished search"), ("episodes.csv", "an unfinished search")),
+    "finetune": (("report.json", "a finished fine-tuning (report.json)"),),
+}
+
+
+def occupied_problem(config: DictConfig, run_dir: str | Path) -> str | None:
+    """Why the command of ``config`` would refuse ``run_dir`` (``None``: it may write there).
+
+    Hydra writes ``.hydra/*.yaml`` into the run directory before amc runs, so an occupied directory is
+    refused here first (by :class:`ConfigCheck`), and stays byte-identical.
+
+    Args:
+        config: the composed config (``task_name``, ``overwrite``, ``resume``).
+        run_dir: the directory Hydra is about to write.
+    """
+    task = str(config.get("task_name") or "")
+    if task not in HELD or config.get("resume") or config.get("overwrite", False):
+        return None
+    run_dir = Path(run_dir).expanduser()
+    for name, state in HELD[task]:
+        if (run_dir / name).is_file():
+            fix = f"continue it with resume={run_dir}, " if task == "train" else ""
+            return (
+                f"{run_dir} already holds {state}; {fix}write elsewhere (hydra.run.dir=...), or pass overwrite=true "
+                "to replace it"
+            )
+    lock = run_dir / LOCK_FILE
+    if lock.is_file():
+        fd = os.open(lock, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return (
+                f"another amc {task} is running in {run_dir} right now; wait for it to finish or write elsewhere "
+                "(hydra.run.dir=...)"
+            )
+        finally:
+            os.close(fd)  # releases the probe's lock
+    return None
+
+
+def sweep_job_dirs(config: DictConfig) -> list[tuple[DictConfig, Path]]:
+    """Each job of a multirun: its config (the job's overrides applied to plain keys) and its directory.
+
+    The jobs are expanded as Hydra's basic sweeper expands them, and ``hydra.sweep.subdir`` is resolved
+    with each job's number, overrides and values, before any job directory exists.
+
+    Args:
+        config: the multirun's composed config (``on_multirun_start``).
+    """
+    parser = OverridesParser.create()
+    params = [f"{k}={v}" for k, v in (OmegaConf.select(config, "hydra.sweeper.params") or {}).items()]
+    batches = BasicSweeper.split_arguments(parser.parse_overrides([*params, *config.hydra.overrides.task]), None)
+    dirname = config.hydra.job.config.override_dirname
+    jobs = []
+    for num, overrides in enumerate(line for batch in batches for line in batch):
+        parsed = parser.parse_overrides(list(overrides))
+        job = copy.deepcopy(config)
+        with open_dict(job), read_write(job):
+            job.hydra.job.num = num
+            job.hydra.job.id = num
+            job.hydra.overrides.task = list(overrides)
+            job.hydra.job.override_dirname = get_overrides_dirname(
+                parsed, list(dirname.exclude_keys), dirname.item_sep, dirname.kv_sep
+            )
+            for o in parsed:
+                key = o.key_or_group
+                if not key.startswith("hydra.") and not isinstance(OmegaConf.select(job, key), Container):
+                    OmegaConf.update(job, key, o.value(), force_add=True)
+        jobs.append((job, Path(str(job.hydra.sweep.dir)) / str(job.hydra.sweep.subdir)))
+    return jobs
+
+
 class ConfigCheck(Callback):
     """Hydra callback: check the composed config and the run directory before Hydra creates or writes anything.
 
-    Registered in ``conf/hydra/default.yaml``; a bad value or an unwritable ``hydra.run.dir`` ends the
-    command with one line and exit status 2 (each job of a sweep is checked again by :func:`run_cli`).
+    Registered in ``conf/hydra/default.yaml``; a bad value, an unwritable ``hydra.run.dir`` or a run
+    directory the command would refuse (it holds a finished search or fine-tuning, or one is running
+    there) ends the command with one line and exit status 2, before Hydra writes ``.hydra/`` into it.
+    A sweep is refused as a whole when two of its jobs would share a directory or one job's directory
+    is taken (each job's values are checked again by :func:`run_cli`).
     """
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -235,10 +319,27 @@ class ConfigCheck(Callback):
         except AmcError as exc:
             _fail(str(exc))
         self._check_dir(config, "run")
+        problem = occupied_problem(config, str(config.hydra.run.dir))
+        if problem:
+            _fail(problem)
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        """Check the sweep directory (the sweep's values are checked per job)."""
+        """Check the sweep directory and each job's directory (the sweep's values are checked per job)."""
         self._check_dir(config, "sweep")
+        if str(config.get("task_name") or "") not in HELD:
+            return
+        seen: dict[Path, int] = {}
+        for job, path in sweep_job_dirs(config):
+            num = int(job.hydra.job.num)
+            if path.absolute() in seen:
+                _fail(
+                    f"jobs {seen[path.absolute()]} and {num} of this sweep would both write {path} "
+                    f"(hydra.sweep.subdir={config.hydra.sweep.subdir!s}); keep ${{hydra.job.num}} in hydra.sweep.subdir"
+                )
+            seen[path.absolute()] = num
+            problem = occupied_problem(job, path)
+            if problem:
+                _fail(f"job {num} of this sweep: {problem}")
 
     @staticmethod
     def _check_dir(config: DictConfig, mode: str) -> None:
