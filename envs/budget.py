@@ -149,7 +149,7 @@ class BudgetWall:
             if narrow < ratio * (1 - 1e-9):
                 advice.append("lower the min bits (env.w_bits/env.a_bits)" if quantized else "quantize too")
         else:
-            advice[0] += f" (no min_keep or bit range goes below {floor:.4f} on this model)"
+            advice[0] += f" (one channel per prunable group and 2-bit units would still give {floor:.4f})"
         return (
             f"budget {name}={target:g} is unreachable: the smallest reachable ratio is {ratio:.4f} with these "
             f"action limits{kept_whole}; {', or '.join(advice)}"

@@ -136,3 +136,70 @@ class TwiceUsed(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.shared(torch.relu(self.shared(torch.relu(self.c1(x)))))
         return self.fc(x.mean(dim=(2, 3)))
+
+
+# The three models of ../shared/cases/any_model/odd_models.py (issue #15), as a new user wrote them.
+class SpatialAttnNet(nn.Module):
+    """A 1-output-channel conv used as a spatial attention map multiplied into 16-channel features."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(in_channels, 16, 3, padding=1)
+        self.att = nn.Conv2d(16, 1, 1)
+        self.c2 = nn.Conv2d(16, 24, 3, stride=2, padding=1)
+        self.fc = nn.Linear(24, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.c1(x))
+        x = x * torch.sigmoid(self.att(x))
+        x = torch.relu(self.c2(x))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+class HardViewNet(nn.Module):
+    """Conv features flattened with a hard-coded size (x.view(n, 16*7*7)) into a linear layer."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(in_channels, 16, 3, stride=2, padding=1)
+        self.c2 = nn.Conv2d(16, 16, 3, stride=2, padding=1)
+        self.fc1 = nn.Linear(16 * 7 * 7, 32)
+        self.fc2 = nn.Linear(32, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.c1(x))
+        x = torch.relu(self.c2(x))
+        x = x.view(x.size(0), 16 * 7 * 7)
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+class AuxHeadNet(nn.Module):
+    """Inception-style: training-mode forward returns (logits, aux_logits); eval mode returns logits."""
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(in_channels, 16, 3, stride=2, padding=1)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.aux = nn.Linear(16, num_classes)
+        self.c2 = nn.Conv2d(16, 32, 3, stride=2, padding=1)
+        self.bn2 = nn.BatchNorm2d(32)
+        self.fc = nn.Linear(32, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        x = torch.relu(self.bn1(self.c1(x)))
+        aux = self.aux(x.mean(dim=(2, 3))) if self.training else None
+        x = torch.relu(self.bn2(self.c2(x)))
+        out = self.fc(x.mean(dim=(2, 3)))
+        return (out, aux) if aux is not None else out
+
+
+class NoArgNet(nn.Module):
+    """A user's model whose constructor takes neither num_classes nor in_channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 8, 3, stride=2, padding=1)
+        self.fc = nn.Linear(8, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.c1(x)).mean(dim=(2, 3)))
