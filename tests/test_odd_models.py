@@ -28,6 +28,10 @@ COMPRESSIBLE = {
     "linear_only_mlp": ({"_target_": "conftest.MLP"}, 0.6),
     "custom_elementwise_op": ({"_target_": "conftest.CustomOpNet"}, 0.6),
     "flatten_and_depthwise": ({"_target_": "conftest.FlattenNet"}, 0.6),
+    # A 1-channel attention map multiplied into c1's channels: both stay whole, c2's group is searched.
+    "spatial_attention": ({"_target_": "conftest.SpatialAttnNet"}, 0.6),
+    # x.view(n, 16*7*7): the group read by the fixed-size view (c2's) stays whole, found by the pruned-copy check.
+    "hard_coded_view": ({"_target_": "conftest.HardViewNet"}, 0.6),
 }
 REFUSED = {
     "module_used_twice": ({"_target_": "conftest.TwiceUsed"}, r"'shared'.*called more than once"),
