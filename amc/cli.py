@@ -232,6 +232,7 @@ HELD: dict[str, tuple[tuple[str, str], ...]] = {
     "train": (("summary.json", "a finished search"), ("episodes.csv", "an unfinished search")),
     "finetune": (("report.json", "a finished fine-tuning (report.json)"),),
 }
+RUNS = {"train": "search", "finetune": "fine-tuning"}  # what claim_dir names in its message
 
 
 def occupied_problem(config: DictConfig, run_dir: str | Path) -> str | None:
@@ -262,7 +263,7 @@ def occupied_problem(config: DictConfig, run_dir: str | Path) -> str | None:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return (
-                f"another amc {task} is running in {run_dir} right now; wait for it to finish or write elsewhere "
+                f"another amc {RUNS[task]} is running in {run_dir} right now; wait for it to finish or write elsewhere "
                 "(hydra.run.dir=...)"
             )
         finally:
