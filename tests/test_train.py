@@ -205,6 +205,15 @@ def test_joblib_multirun_and_report(tiny_root: Path, tmp_path: Path) -> None:
     assert (sweep / "pareto.png").stat().st_size > 1000 and (sweep / "report.csv").is_file()
 
 
+def test_default_sweep_folder_holds_every_job(tiny_root: Path, tmp_path: Path) -> None:
+    """The default hydra.sweep.dir is computed once per sweep, not once per job with the job's overrides."""
+    logs = tmp_path / "logs"
+    run = cli("-m", "amc.train", "-m", *tiny(tiny_root), "agent=random,uniform", "episodes=2", f"paths.log_dir={logs}")
+    assert run.returncode == 0, run.stderr[-3000:]
+    sweeps = list((logs / "train" / "multiruns").iterdir())
+    assert len(sweeps) == 1 and sorted(p.parent.name for p in sweeps[0].glob("*/best_policy.json")) == ["0", "1"]
+
+
 def test_bad_overrides_fail_with_one_line(cfg_for: Callable[..., DictConfig], tiny_root: Path, tmp_path: Path) -> None:
     zero = cli(*_run_args(tiny_root, "episodes=0", f"hydra.run.dir={tmp_path / 'zero'}"))
     assert zero.returncode == 2 and zero.stderr.strip().splitlines()[-1] == (
