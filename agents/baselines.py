@@ -191,7 +191,7 @@ class GreedySearch(Agent):
         need = self.scan_episodes(env) + 1
         if episodes < need:
             raise AmcError(
-                f"greedy needs {need} episodes on this model (a {need - 1}-episode sensitivity scan plus "
+                f"{self.name} needs {need} episodes on this model (a {need - 1}-episode sensitivity scan plus "
                 f"one); set episodes>={need} or scan fewer levels (agent.keep_levels, agent.bit_levels)"
             )
 
@@ -223,7 +223,7 @@ class GreedySearch(Agent):
             config = self.config(env, self.allocate(env))
             info = run_episode(env, actions_for(env, *config), legal=env.wall.feasible(*config))
             _check_unclipped(env, config)
-            self.record(info, "greedy", time.perf_counter() - t0, callback)
+            self.record(info, self.name, time.perf_counter() - t0, callback)  # the allocation's episode
             callback.on_safe_point(self, self.episodes_done)
 
     def drops(self) -> list[list[float]]:

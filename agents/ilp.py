@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
-from amc.agents.base import EpisodeRecord, SearchCallback
 from amc.agents.baselines import GreedySearch
 from amc.envs import CompressionEnv
 from scipy.optimize import Bounds, LinearConstraint, milp
@@ -78,19 +76,6 @@ class ILPSearch(GreedySearch):
             raise ValueError(f"tie_break={tie_break} must be in [0, 1) search-split images so it only breaks ties")
         self.tie_break = float(tie_break)
         self.max_rounds = int(max_rounds)
-
-    def record(
-        self,
-        info: Mapping[str, Any],
-        phase: str,
-        seconds: float,
-        callback: SearchCallback,
-        eligible: bool = True,
-        extras: Mapping[str, float] | None = None,
-    ) -> EpisodeRecord:
-        # GreedySearch._search names its final episode after greedy; here that episode is the ILP's.
-        phase = self.name if phase == GreedySearch.name else phase
-        return super().record(info, phase, seconds, callback, eligible, extras)
 
     def objective(self, levels: Sequence[int]) -> float:
         """Summed measured accuracy drop (fraction of the search split) of a scan level per dimension."""

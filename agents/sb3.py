@@ -206,6 +206,31 @@ class SB3Agent(Agent):
     def _make_model(self, env: CompressionEnv, episodes: int) -> BaseAlgorithm:
         raise NotImplementedError
 
+    def off_policy_kwargs(self, env: CompressionEnv, batch_size: int, buffer_episodes: int, **buffer: Any) -> dict:
+        """Constructor arguments every off-policy algorithm here shares: AMC's buffer, schedule and reward assignment.
+
+        Args:
+            env: the environment (its unit count sizes the buffer and the updates).
+            batch_size: minibatch size.
+            buffer_episodes: replay buffer capacity in episodes.
+            **buffer: :class:`EpisodeRewardReplayBuffer` options (backfill, baseline, baseline_alpha, relabel).
+        """
+        from amc.agents.buffers import EpisodeRewardReplayBuffer
+
+        n = env.n_units
+        return {
+            "buffer_size": buffer_episodes * n,
+            "learning_starts": self.warmup * n,
+            "batch_size": batch_size,
+            "train_freq": (1, "episode"),
+            "gradient_steps": max(1, int(round(self.updates_per_step * n))),
+            "replay_buffer_class": EpisodeRewardReplayBuffer,
+            "replay_buffer_kwargs": buffer,
+            "seed": self.seed,
+            "device": self.device,
+            "verbose": 0,
+        }
+
     def _zero_actor(self) -> None:
         """Zero the last linear layer of the policy's action head, so every observation maps to action 0."""
         assert self.model is not None
@@ -540,31 +565,23 @@ class SACAgent(SB3Agent):
         )
 
     def _make_model(self, env: CompressionEnv, episodes: int) -> BaseAlgorithm:
-        from amc.agents.buffers import EpisodeRewardReplayBuffer
         from stable_baselines3 import SAC
 
-        n = env.n_units
         return SAC(
             "MlpPolicy",
             env,
             learning_rate=self.learning_rate,
-            buffer_size=self.buffer_episodes * n,
-            learning_starts=self.warmup * n,
-            batch_size=self.batch_size,
             tau=self.tau,
             gamma=self.gamma,
-            train_freq=(1, "episode"),
-            gradient_steps=max(1, int(round(self.updates_per_step * n))),
-            replay_buffer_class=EpisodeRewardReplayBuffer,
-            replay_buffer_kwargs={
-                "backfill": self.reward_backfill,
-                "baseline": self.reward_baseline,
-                "relabel": self.relabel,
-            },
             policy_kwargs={"net_arch": list(self.net_arch)},
-            seed=self.seed,
-            device=self.device,
-            verbose=0,
+            **self.off_policy_kwargs(
+                env,
+                self.batch_size,
+                self.buffer_episodes,
+                backfill=self.reward_backfill,
+                baseline=self.reward_baseline,
+                relabel=self.relabel,
+            ),
         )
 
     def state_dict(self) -> dict[str, Any]:
