@@ -247,8 +247,12 @@ class Agent(ABC):
         if is_best:
             self.best = rec
         self.history.append(rec.row())
+        self._recorded(rec)
         callback.on_episode(self, rec, is_best)
         return rec
+
+    def _recorded(self, record: EpisodeRecord) -> None:  # noqa: B027 (optional hook)
+        """Called with every episode this agent records (before the callbacks hear of it)."""
 
     def train_metrics(self) -> dict[str, float]:
         """Scalars about the agent's learning (``train/*`` in TensorBoard); none for the baselines."""

@@ -309,19 +309,9 @@ class SB3Agent(Agent):
         """Agent-specific scalars logged with an episode of ``phase``."""
         return {}
 
-    def record(
-        self,
-        info: Mapping[str, Any],
-        phase: str,
-        seconds: float,
-        callback: SearchCallback,
-        eligible: bool = True,
-        extras: Mapping[str, float] | None = None,
-    ) -> EpisodeRecord:
-        rec = super().record(info, phase, seconds, callback, eligible, extras)
-        if rec.eligible and rec.policy is not None:
-            self.legal.append((rec.policy, float(rec.reward)))
-        return rec
+    def _recorded(self, record: EpisodeRecord) -> None:
+        if record.eligible and record.policy is not None:  # a candidate centre for the next re-centring
+            self.legal.append((record.policy, float(record.reward)))
 
     def learn_steps(self, steps: int) -> int:
         """Environment steps to give ``learn()`` for ``steps`` wanted (some algorithms stop only at a rollout's end)."""

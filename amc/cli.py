@@ -182,18 +182,31 @@ def run_cli(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
         cfg: its config.
     """
 
+    received: list[int] = []
+
     def on_term(signum: int, frame: Any) -> None:
+        received.append(signum)
         raise Interrupted(signum)
+
+    def on_int(signum: int, frame: Any) -> None:
+        received.append(signum)
+        raise KeyboardInterrupt
 
     try:
         signal.signal(signal.SIGTERM, on_term)
+        signal.signal(signal.SIGINT, on_int)
     except ValueError:  # not the main thread (a launcher's worker thread): keep the default
         pass
     try:
         check_config(cfg)
         setup_run(cfg)
         with logging_redirect_tqdm():  # log lines go above the progress bars instead of through them
-            return fn(cfg)
+            out = fn(cfg)
+        if received:
+            # The exception was raised inside a finaliser (__del__, a weakref callback), where Python only
+            # prints and drops it: the command still stops as interrupted.
+            raise Interrupted(received[0]) if received[0] == signal.SIGTERM else KeyboardInterrupt
+        return out
     except (KeyboardInterrupt, Interrupted) as exc:
         name, status = ("SIGTERM", 143) if isinstance(exc, Interrupted) else ("Ctrl-C (SIGINT)", 130)
         _fail(f"interrupted by {name}; {continue_hint(cfg)}", status)

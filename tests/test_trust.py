@@ -24,7 +24,8 @@ import yaml
 from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
-from test_pretrain import make_fmnist, tiny_data_args
+from test_errors import data_args, train_args
+from test_pretrain import make_fmnist
 
 from amc.checkpoint import build_model_from_checkpoint, save_checkpoint
 from amc.errors import AmcError
@@ -275,23 +276,6 @@ def test_trust_targets_lets_a_named_user_class_through(user_pkg: Path, tmp_path:
 # --- the command-line routes: a subprocess on tiny data, as tests/test_errors.py does ---------------------------
 
 
-def _data_args(root: Path) -> list[str]:
-    return [*tiny_data_args(root), "data.eval_batch_size=200"]
-
-
-def _train_args(root: Path) -> list[str]:
-    return [
-        *_data_args(root),
-        "env.calibration_batches=1",
-        "env.calibration_batch_size=32",
-        "callbacks.progress_bar=false",
-        "episodes=2",
-        "agent=random",
-        "budgets.latency=null",
-        "budgets.macs=0.6",
-    ]
-
-
 def cli(module: str, *args: str, pythonpath: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     if pythonpath is not None:
@@ -316,8 +300,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("trust")
     make_fmnist(root / "fm", n_train=500, n_test=100)
     with initialize_config_module(config_module="amc.conf", version_base="1.3"):
-        load_or_pretrain(compose("pretrain", overrides=_data_args(root)))
-        train(compose("train", overrides=[*_train_args(root), f"output_dir={root / 'search'}"]))
+        load_or_pretrain(compose("pretrain", overrides=data_args(root)))
+        train(compose("train", overrides=[*train_args(root), f"output_dir={root / 'search'}"]))
     return root
 
 
@@ -362,7 +346,7 @@ def test_finetune_refuses_a_poisoned_search_config(config: str, world: Path, tmp
     (tmp_path / "lib").mkdir()
     (tmp_path / "lib" / "amcevil.py").write_text(f"def x(**kwargs):\n    open({str(marker)!r}, 'w').close()\n")
     run = _poisoned_copy(world, tmp_path / "run", {"hardware": {"_target_": "amcevil.x", "name": "x"}}, config)
-    args = [*_data_args(world), f"policy={run}", "epochs=0", "export.onnx=false", f"hydra.run.dir={tmp_path / 'ft'}"]
+    args = [*data_args(world), f"policy={run}", "epochs=0", "export.onnx=false", f"hydra.run.dir={tmp_path / 'ft'}"]
     res = cli("amc.finetune", *args, pythonpath=tmp_path / "lib")
     _refused_on_the_command_line(res, "amcevil.x", marker)
 
@@ -375,7 +359,7 @@ def test_finetune_rounds_refuse_a_planted_round(world: Path, tmp_path: Path) -> 
     arch = {"_target_": FMNIST, "num_classes": 10, "in_channels": _evil_load(tmp_path, marker)}
     save_compressed(ft / "round1" / "compressed.pt", build_model("fmnist_cnn"), arch, [1, 28, 28], [], {}, {})
     (ft / "round1" / "round.json").write_text('{"round": 1, "history": [], "test_after": 0.5}')
-    args = [*_data_args(world), f"policy={world / 'search'}", "rounds=2", "round_episodes=2", "epochs=0"]
+    args = [*data_args(world), f"policy={world / 'search'}", "rounds=2", "round_episodes=2", "epochs=0"]
     res = cli("amc.finetune", *args, "export.onnx=false", f"hydra.run.dir={ft}", "trust_targets=[subprocess.call]")
     _refused_on_the_command_line(res, "torch.load", marker)
 
@@ -384,7 +368,7 @@ def test_a_user_model_run_needs_trust_targets_on_the_command_line(world: Path, u
     """A search of ``trustpkg.net.Net`` resumes and fine-tunes only when the command line names that class."""
     run = tmp_path / "search"
     model = ["model._target_=trustpkg.net.Net"]
-    res = cli("amc.train", *_train_args(world), *model, f"hydra.run.dir={run}", pythonpath=user_pkg)
+    res = cli("amc.train", *train_args(world), *model, f"hydra.run.dir={run}", pythonpath=user_pkg)
     assert res.returncode == 0, res.stderr[-3000:]  # the command line's own model needs no trust
     marker = tmp_path / "none"  # nothing to create; the refusal must still be one line
     res = cli("amc.train", f"resume={run}", f"hydra.run.dir={tmp_path / 'log1'}", pythonpath=user_pkg)
@@ -398,7 +382,7 @@ def test_a_user_model_run_needs_trust_targets_on_the_command_line(world: Path, u
     )
     assert res.returncode == 0, res.stderr[-3000:]
 
-    ft_args = [*_data_args(world), f"policy={run}", "epochs=0", "export.onnx=false", "export.latency_repeats=2"]
+    ft_args = [*data_args(world), f"policy={run}", "epochs=0", "export.onnx=false", "export.latency_repeats=2"]
     res = cli("amc.finetune", *ft_args, f"hydra.run.dir={tmp_path / 'ft1'}", pythonpath=user_pkg)
     _refused_on_the_command_line(res, "trustpkg.net.Net", marker)
     res = cli(
