@@ -53,11 +53,6 @@ class RandomSearch(Agent):
         self.rng.bit_generator.state = dict(state["rng"])
 
 
-def uniform_config(env: CompressionEnv, ratio: float, bits: int) -> Config:
-    """Every decided group at (about) ``ratio`` of its channels, every unit at its largest level <= ``bits``."""
-    return env.uniform_config(ratio, bits)
-
-
 class UniformSearch(Agent):
     """One keep ratio and one bitwidth for all units, each candidate the largest that meets every budget.
 
@@ -101,7 +96,7 @@ class UniformSearch(Agent):
         for i in range(self.episodes_done, min(episodes, len(self.candidates))):
             ratio, bits = self.candidates[i]
             t0 = time.perf_counter()
-            config = uniform_config(env, ratio, bits)
+            config = env.uniform_config(ratio, bits)
             info = run_episode(env, actions_for(env, *config), legal=env.wall.feasible(*config))
             _check_unclipped(env, config)
             self.record(

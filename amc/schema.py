@@ -110,14 +110,18 @@ DATA = {
     "data.download": BOOL,
     "data.augment": BOOL,
 }
+# The SGD recipe that pretrain.* and amc.finetune's own keys share.
+RECIPE = {
+    "lr": Float(0, low_open=True),
+    "momentum": Float(0, 1, high_open=True),
+    "weight_decay": Float(0),
+    "nesterov": BOOL,
+    "label_smoothing": Float(0, 1, high_open=True),
+    "batch_size": Int(1),
+}
 PRETRAIN = {
     "pretrain.epochs": Int(1),
-    "pretrain.lr": Float(0, low_open=True),
-    "pretrain.momentum": Float(0, 1, high_open=True),
-    "pretrain.weight_decay": Float(0),
-    "pretrain.nesterov": BOOL,
-    "pretrain.label_smoothing": Float(0, 1, high_open=True),
-    "pretrain.batch_size": Int(1),
+    **{f"pretrain.{k}": r for k, r in RECIPE.items()},
     "pretrain.force": BOOL,
     "pretrain.auto": BOOL,
     "pretrain.seed": Int(0, nullable=True),
@@ -175,12 +179,7 @@ SCHEMAS: dict[str, dict[str, Rule]] = {
         "rounds": Int(1),
         "round_episodes": Int(1, nullable=True),
         "epochs": Int(0, fix="epochs=N with N >= 0 (0: export without fine-tuning)"),
-        "lr": Float(0, low_open=True),
-        "momentum": Float(0, 1, high_open=True),
-        "weight_decay": Float(0),
-        "nesterov": BOOL,
-        "label_smoothing": Float(0, 1, high_open=True),
-        "batch_size": Int(1),
+        **RECIPE,
         "kd": BOOL,
         "kd_temperature": Float(0, low_open=True),
         "kd_alpha": Float(0, 1),

@@ -26,7 +26,6 @@ from amc.agents import (
     learner_best,
 )
 from amc.agents.base import Agent, actions_for, run_episode
-from amc.agents.baselines import uniform_config
 from amc.agents.callbacks import Checkpointer, latest_checkpoint, restore_rng
 from amc.envs import CompressionEnv
 from gymnasium import spaces
@@ -305,11 +304,11 @@ def test_uniform_candidate_is_legal_unclipped_and_the_largest() -> None:
     agent = UniformSearch()
     agent.setup(env, 10)
     ratio, bits = agent.candidates[0]
-    config = uniform_config(env, ratio, bits)
+    config = env.uniform_config(ratio, bits)
     assert env.wall.feasible(*config)
     run_episode(env, actions_for(env, *config), legal=True)
     assert np.array_equal(env.kept, config[0]) and np.array_equal(env.w, config[1])
-    bigger = uniform_config(env, min(1.0, ratio + 0.02), bits)
+    bigger = env.uniform_config(min(1.0, ratio + 0.02), bits)
     assert not np.array_equal(bigger[0], config[0]) and not env.wall.feasible(*bigger)
 
 
