@@ -275,7 +275,7 @@ class TensorBoardLogger(SearchCallback):
 
 def policy_image(policy: Mapping[str, Any], title: str = "") -> np.ndarray:
     """An RGB image (H, W, 3) of a per-unit policy: kept ratio and bits per layer."""
-    from amc.report import plot_policy
+    from amc.plots import plot_policy
 
     fig = plot_policy(policy, title)
     from matplotlib.backends.backend_agg import FigureCanvasAgg

@@ -398,7 +398,7 @@ def summarize(
         best_writer.write(
             best, episodes_done=len(result.episodes), test_accuracy=test_acc, dense_test_accuracy=meta.get("test_top1")
         )
-    from amc.report import save_policy_plot
+    from amc.plots import save_policy_plot
 
     title = f"best policy ({result.agent}, episode {best.episode})"
     save_policy_plot(best.policy or {}, run_dir / "best_policy.png", title)
