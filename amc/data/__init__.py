@@ -1,7 +1,8 @@
 """Datasets, loaders and the seeded search split (MNIST, Fashion-MNIST, CIFAR-10/100, ImageNet).
 
 Use :func:`build_data` or Hydra (``conf/data/*.yaml``, ``_target_: amc.data.FashionMNIST`` ...) to get a
-:class:`DataModule`; see :mod:`amc.data.module` for what it provides.
+:class:`DataModule`; see :mod:`amc.data.module` for what it provides
+(the search split is in :mod:`amc.data.split`, the in-memory tensors in :mod:`amc.data.tensors`).
 """
 
 from amc.data.cifar import CifarUnpickler, load_cifar_pickle, write_cifar_batch
@@ -12,15 +13,14 @@ from amc.data.module import (
     CIFAR100,
     DATASETS,
     MNIST,
-    Augmentation,
     DataModule,
     FashionMNIST,
     ImageNet,
     InMemoryDataModule,
-    InMemoryImageDataset,
     build_data,
-    split_indices,
 )
+from amc.data.split import split_indices
+from amc.data.tensors import Augmentation, InMemoryImageDataset
 
 __all__ = [
     "CIFAR10",
