@@ -1,0 +1,205 @@
+"""Every stage of :meth:`Compressor.apply` checked against an independent computation in the test.
+
+Each test fails when its stage is skipped (and where a repeat changes the result, when it runs twice):
+channel selection, least-squares reconstruction, weight and activation quantization, BN recalibration and
+HAQ's per-episode fine-tune. The model's BatchNorm statistics are deliberately wrong and its inputs are
+shifted, so a skipped recalibration or a stage run on the wrong tensors is visible in the numbers.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from amc.compress import Compressor, Policy
+from amc.cost import FP32
+from amc.graph import build_graph
+
+SHAPE = (1, 10, 10)
+
+
+class Tiny(nn.Module):
+    """conv-BN-ReLU, conv-BN-ReLU, global pool, linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 8, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(8)
+        self.c2 = nn.Conv2d(8, 6, 3, padding=1)
+        self.bn2 = nn.BatchNorm2d(6)
+        self.fc = nn.Linear(6, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn1(self.c1(x)))
+        x = torch.relu(self.bn2(self.c2(x)))
+        return self.fc(x.mean(dim=(2, 3)))
+
+
+def _model(wrong_stats: bool = True) -> Tiny:
+    torch.manual_seed(0)
+    model = Tiny()
+    with torch.no_grad():  # statistics no batch would give: recalibration must move them
+        for bn in (model.bn1, model.bn2):
+            if wrong_stats:
+                bn.running_mean.fill_(5.0)
+                bn.running_var.fill_(9.0)
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.2, 0.2)
+    return model.eval()
+
+
+def _batches(n: int = 2, size: int = 16, seed: int = 1) -> list[torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(size, *SHAPE, generator=gen) * 2.0 + 0.7 for _ in range(n)]
+
+
+def _policy(graph, keep: float = 0.5, w: int = FP32, a: int = FP32) -> Policy:
+    kept = [max(1, int(c * keep)) if g.prunable else c for g, c in zip(graph.groups, graph.full_channels())]
+    n = len(graph.units)
+    return Policy(kept, [w] * n, [a] * n)
+
+
+def _bn_inputs(model: nn.Module, batches: list[torch.Tensor]) -> dict[str, list[torch.Tensor]]:
+    """Each BatchNorm's input per batch, with every BatchNorm normalising by its batch statistics."""
+    probe = copy.deepcopy(model)
+    seen: dict[str, list[torch.Tensor]] = {}
+    for name, m in probe.named_modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.train()
+            m.register_forward_hook(lambda _m, inp, _out, name=name: seen.setdefault(name, []).append(inp[0].detach()))
+    with torch.no_grad():
+        for x in batches:
+            probe(x)
+    return seen
+
+
+@pytest.mark.parametrize("bits", [FP32, 3], ids=["float", "quantized"])
+def test_bn_recalibration_sets_running_stats_to_the_calibration_batch_statistics(bits: int) -> None:
+    model, calib = _model(), _batches()
+    graph = build_graph(model, SHAPE)
+    policy = _policy(graph, 0.5, w=bits, a=bits)
+    out = Compressor(model, graph, calibration=calib).apply(policy)
+    # Independently: per batch, the mean and unbiased variance of every BN input over (N, H, W), averaged.
+    for name, inputs in _bn_inputs(out, calib).items():
+        bn = dict(out.named_modules())[name]
+        mean = torch.stack([x.mean(dim=(0, 2, 3)) for x in inputs]).mean(0)
+        var = torch.stack([x.transpose(0, 1).flatten(1).var(dim=1, unbiased=True) for x in inputs]).mean(0)
+        torch.testing.assert_close(bn.running_mean, mean, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(bn.running_var, var, rtol=1e-4, atol=1e-5)
+        assert bn.momentum == 0.1 and not bn.training  # restored
+    # Switched off, the wrong statistics stay (so the check above sees the stage).
+    off = Compressor(model, graph, calibration=calib, bn_recalibration=False).apply(policy)
+    assert torch.all(off.bn1.running_mean == 5.0) and torch.all(off.bn2.running_var == 9.0)
+
+
+def test_selection_keeps_the_highest_l1_filters_and_prunes_the_rest() -> None:
+    model, calib = _model(), _batches()
+    graph = build_graph(model, SHAPE)
+    policy = _policy(graph, 0.5)
+    out = Compressor(model, graph, calibration=calib, bn_recalibration=False).apply(policy)
+    top1, top2 = (
+        sorted(torch.topk(conv.weight.detach().abs().sum(dim=(1, 2, 3)), k).indices.tolist())
+        for conv, k in ((model.c1, 4), (model.c2, 3))
+    )
+    assert torch.equal(out.c1.weight, model.c1.weight[top1])
+    assert torch.equal(out.c2.weight, model.c2.weight[top2][:, top1])
+    assert torch.equal(out.bn2.weight, model.bn2.weight[top2]) and torch.equal(out.fc.weight, model.fc.weight[:, top2])
+    # The pruned model computes what the dense one does with the dropped channels' outputs held at zero.
+    zeroed = copy.deepcopy(model)
+    with torch.no_grad():
+        for bn, top in ((zeroed.bn1, top1), (zeroed.bn2, top2)):
+            drop = sorted(set(range(len(bn.weight))) - set(top))
+            bn.weight[drop] = 0
+            bn.bias[drop] = 0
+        x = calib[0]
+        torch.testing.assert_close(out(x), zeroed(x), rtol=1e-5, atol=1e-5)
+
+
+def test_reconstruction_solves_the_least_squares_problem_of_the_next_layer() -> None:
+    model, calib = _model(), _batches()
+    graph = build_graph(model, SHAPE)
+    policy = _policy(graph, 0.5)
+    policy.kept[graph.units[1].out_group] = 6  # c2 keeps all outputs: only its inputs change
+    comp = Compressor(
+        model, graph, calibration=calib, bn_recalibration=False, reconstruction=True, reconstruction_samples=10**6
+    )
+    out = comp.apply(policy)
+    kept = comp.keep(policy)[graph.units[0].out_group]
+    # Independently: c2's dense input on the calibration batches, unfolded; kept columns -> dense outputs.
+    inputs: list[torch.Tensor] = []
+    h = model.c2.register_forward_hook(lambda _m, inp, _o: inputs.append(inp[0].detach()))
+    with torch.no_grad():
+        for x in calib:
+            model(x)
+    h.remove()
+    cols = nn.functional.unfold(torch.cat(inputs), 3, padding=1).permute(0, 2, 1).reshape(-1, 8, 9).double()
+    target = cols.reshape(len(cols), -1) @ model.c2.weight.detach().double().reshape(6, -1).T
+    a = cols[:, kept].reshape(len(cols), -1)
+    solution = torch.linalg.lstsq(a, target).solution.T.reshape(6, len(kept), 3, 3).float()
+    torch.testing.assert_close(out.c2.weight.detach(), solution, rtol=1e-3, atol=1e-3)
+    sliced = Compressor(model, graph, calibration=calib, bn_recalibration=False).apply(policy)
+    assert not torch.allclose(sliced.c2.weight, solution, atol=1e-2)  # the stage is what changes it
+
+
+def test_quantization_puts_weights_and_unit_inputs_on_their_grids() -> None:
+    model, calib = _model(wrong_stats=False), _batches()
+    graph = build_graph(model, SHAPE)
+    w_bits, a_bits = 3, 4
+    out = Compressor(model, graph, calibration=calib, bn_recalibration=False).apply(_policy(graph, 0.5, w_bits, a_bits))
+    ref = Compressor(model, graph, calibration=calib, bn_recalibration=False).apply(_policy(graph, 0.5))
+    modules, float_modules = dict(out.named_modules()), dict(ref.named_modules())
+    seen: dict[str, torch.Tensor] = {}
+    for u in graph.units:
+        w, wf = modules[u.name].weight.detach(), float_modules[u.name].weight.detach()
+        for row, frow in zip(w.flatten(1), wf.flatten(1)):
+            values = row.unique()
+            assert len(values) <= 2**w_bits - 1, (u.name, len(values))
+            assert values.abs().max() == pytest.approx(frow.abs().max().item(), rel=1e-6)  # range kept
+            step = frow.abs().max().item() / (2 ** (w_bits - 1) - 1)
+            torch.testing.assert_close(values / step, torch.round(values / step), rtol=0, atol=1e-4)
+        modules[u.name].register_forward_hook(lambda _m, inp, _o, n=u.name: seen.__setitem__(n, inp[0].detach()))
+    with torch.no_grad():
+        out(torch.cat(calib))
+    for u in graph.units:
+        x = seen[u.name]
+        levels = len(x.unique())
+        signed = bool((x < 0).any())
+        assert levels <= (2**a_bits - 1 if signed else 2**a_bits), (u.name, levels)
+        assert levels > 2 ** (a_bits - 1), (u.name, levels)  # one bit fewer would not fit the values seen
+    # Float policy: inputs are not quantized.
+    ref_seen: list[torch.Tensor] = []
+    float_modules[graph.units[1].name].register_forward_hook(lambda _m, inp, _o: ref_seen.append(inp[0]))
+    with torch.no_grad():
+        ref(torch.cat(calib))
+    assert len(ref_seen[0].unique()) > 2**a_bits * 10
+
+
+def test_per_episode_finetune_is_one_pass_of_sgd_then_back_onto_the_grid() -> None:
+    model, calib = _model(), _batches()
+    graph = build_graph(model, SHAPE)
+    policy = _policy(graph, 0.5, 4, 8)
+    gen = torch.Generator().manual_seed(3)
+    labelled = [(x, torch.randint(0, 5, (len(x),), generator=gen)) for x in _batches(3, 8, seed=5)]
+    tuned = Compressor(
+        model, graph, calibration=calib, bn_recalibration=False, finetune_batches=labelled, finetune_lr=0.05
+    ).apply(policy)
+    # Independently: the compressed model without the stage, then SGD over the batches once, then requantize.
+    expected = Compressor(model, graph, calibration=calib, bn_recalibration=False).apply(policy)
+    opt = torch.optim.SGD(expected.parameters(), lr=0.05, momentum=0.9)
+    expected.train()
+    for x, y in labelled:
+        opt.zero_grad()
+        nn.functional.cross_entropy(expected(x), y).backward()
+        opt.step()
+    expected.eval()
+    modules, got = dict(expected.named_modules()), dict(tuned.named_modules())
+    for u in graph.units:
+        w = modules[u.name].weight.detach()
+        flat = w.flatten(1)
+        scale = (flat.abs().amax(1) / 7).clamp_min(1e-30).view(-1, *[1] * (w.dim() - 1))
+        grid = torch.clamp(torch.round(w / scale), -7, 7) * scale
+        torch.testing.assert_close(got[u.name].weight.detach(), grid, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(tuned.bn1.running_mean, expected.bn1.running_mean)  # trained in train mode
