@@ -1,0 +1,77 @@
+"""Training options that must change what the agent learns from: each test fails if its option is ignored.
+
+``reward_backfill`` and ``reward_baseline`` through a real DDPG search (not only the buffer's unit test),
+and the noise schedule: the noise is drawn for every learning step and its sigma follows sigma -> sigma_floor.
+(``from_scratch`` and ``kd`` are checked on a real fine-tuning in ``test_finetune.py``.)
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from amc.agents import DDPGAgent, TruncatedNormalNoise
+from test_agents import Recorder, small_env
+
+
+def _search(**kw) -> tuple[DDPGAgent, Recorder, int]:
+    env, rec = small_env(), Recorder()
+    agent = DDPGAgent(**{"warmup": 2, "exploit": 1, "seed": 0, "sigma": 0.5, "sigma_floor": 0.1, **kw})
+    agent.search(env, 6, rec)
+    return agent, rec, env.n_units
+
+
+@pytest.mark.parametrize("backfill", [True, False])
+def test_ddpg_buffer_holds_the_episode_reward_at_every_step_with_backfill(backfill: bool) -> None:
+    agent, rec, n = _search(reward_backfill=backfill, reward_baseline=False)
+    assert agent.model is not None
+    buf = agent.model.replay_buffer
+    learned = [r for r in rec.records if r.phase != "exploit"]  # the deterministic exploit episode is not stored
+    assert buf.pos == n * len(learned)
+    rewards = buf.rewards[: buf.pos, 0].reshape(len(learned), n)
+    for row, record in zip(rewards, learned):
+        assert record.reward != 0.0
+        expected = [record.reward] * n if backfill else [0.0] * (n - 1) + [record.reward]
+        assert row.tolist() == pytest.approx(expected), (record.episode, row)
+    assert buf.baseline is None  # reward_baseline=False: sampled rewards stay raw
+
+
+@pytest.mark.parametrize("baseline", [True, False])
+def test_ddpg_reward_baseline_is_a_moving_average_of_the_stored_rewards(baseline: bool) -> None:
+    agent, rec, _ = _search(reward_baseline=baseline)
+    assert agent.model is not None
+    buf = agent.model.replay_buffer
+    metrics = agent.train_metrics()
+    if not baseline:
+        assert buf.baseline is None and "reward_baseline" not in metrics
+        return
+    stored = buf.rewards[: buf.pos, 0]
+    # An average of sampled batch means lies between the smallest and largest stored reward.
+    assert buf.baseline is not None and stored.min() - 1e-9 <= buf.baseline <= stored.max() + 1e-9
+    assert metrics["reward_baseline"] == buf.baseline
+
+
+def test_noise_is_drawn_at_every_learning_step_and_decays_to_its_floor() -> None:
+    agent, rec, n = _search(sigma_decay=0.5)
+    assert agent.noise is not None
+    # SB3 asks the noise once per step of every stored episode (zeros during warm-up), never when exploiting.
+    stored = [r for r in rec.records if r.phase != "exploit"]
+    assert agent.noise.calls == n * len(stored)
+    sigmas = [r.extras["sigma"] for r in rec.records if r.phase == "explore"]
+    assert sigmas == pytest.approx([0.5, 0.25, 0.125])  # halved after each noisy episode
+    assert agent.noise.sigma == pytest.approx(0.1)  # 0.0625 is below the floor
+
+
+@pytest.mark.parametrize("sigma", [0.0, 0.4])
+def test_noise_spread_follows_sigma(sigma: float) -> None:
+    noise = TruncatedNormalNoise(4, sigma=sigma, decay=1.0, seed=0, center=lambda: np.zeros(4))
+    draws = np.stack([noise() for _ in range(4000)])
+    # Std of N(0, 2 * sigma) truncated to [-1, 1] (2 * sigma: sigma is a fraction of the range [-1, 1]).
+    if sigma == 0.0:
+        assert np.all(draws == 0)
+        return
+    std = 2 * sigma
+    grid = np.linspace(-1, 1, 200001)
+    dens = np.exp(-0.5 * (grid / std) ** 2)
+    expected = float(np.sqrt((grid**2 * dens).sum() / dens.sum()))
+    assert draws.std() == pytest.approx(expected, rel=0.05)
+    assert np.all(np.abs(draws) <= 1.0)
