@@ -49,6 +49,8 @@ FMNIST_DOWNLOAD_DIR = Path(__file__).resolve().parents[1] / "data" / "fashion-mn
 
 def _has_fmnist(directory: Path) -> bool:
     return any(directory.glob("train-images-idx3-ubyte*")) and any(directory.glob("t10k-labels-idx1-ubyte*"))
+
+
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "data"
 
 

@@ -17,7 +17,7 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 from torch import nn
 
 from amc.compress import Compressor, Policy
-from amc.cost import FP32
+from amc.cost import FP32, CostModel
 from amc.errors import AmcError
 from amc.graph import build_graph
 from amc.hardware import HardwareModel, load_preset
@@ -123,10 +123,22 @@ def test_episode_info_reports_targets_achieved_and_policy() -> None:
     done, info = False, {}
     while not done:
         _, reward, done, _, info = env.step(np.ones(3, dtype=np.float32))
+    # Independently: the closed-form cost of the reported policy over the dense model's, and the top-1
+    # of the compressed model on the search split, counted here.
+    policy = Policy.from_dict(info["policy"], env.graph)
+    costs = CostModel(env.graph)
+    got, dense = costs.cost(policy.kept, policy.w_bits, policy.a_bits), costs.dense
+    expected = {"macs": got.macs / dense.macs, "size": got.size_bits / dense.size_bits}
     for n in ("macs", "size"):
-        assert info["budgets"][n]["achieved"] <= info["budgets"][n]["target"]
-        assert info[f"ratio/{n}"] == info["budgets"][n]["achieved"]
-    assert reward == info["reward"] == pytest.approx(info["accuracy"])
+        assert info["budgets"][n]["target"] == {"macs": 0.5, "size": 0.2}[n]
+        assert expected[n] <= info["budgets"][n]["target"]
+        assert info["budgets"][n]["achieved"] == pytest.approx(expected[n])
+        assert info[f"ratio/{n}"] == pytest.approx(expected[n])
+    compressed = env.compressor.apply(policy)
+    with torch.no_grad():
+        top1 = (compressed(env.search_x).argmax(1) == env.search_y).float().mean().item()
+    assert info["accuracy"] == pytest.approx(top1)
+    assert reward == pytest.approx(top1)  # the default reward is accuracy
     assert len(info["policy"]["units"]) == env.n_units
     assert {"selection", "quantization", "bn_recalibration", "evaluation"} <= set(info["timing"])
     assert 0.0 <= info["accuracy"] <= 1.0

@@ -13,7 +13,8 @@ from amc.models import build_model
 
 
 def test_resnet20_residual_groups_are_coupled() -> None:
-    graph = build_graph(build_model("resnet20", num_classes=10, in_channels=1), (1, 28, 28))
+    model = build_model("resnet20", num_classes=10, in_channels=1).eval()
+    graph = build_graph(model, (1, 28, 28))
     names = [u.name for u in graph.units]
     assert len([u for u in graph.units if u.kind == "conv"]) == 19 + 2  # 19 convs + 2 projection shortcuts
     # Every stage's block outputs are added together, so their second convs share one group.
@@ -35,7 +36,19 @@ def test_resnet20_residual_groups_are_coupled() -> None:
     fc = graph.units[-1]
     assert fc.kind == "linear" and not graph.groups[fc.out_group].prunable
     assert stem.in_groups == [] and stem.fixed_in == 1
-    assert names == sorted(names, key=names.index)  # forward order kept
+    # Forward order: the order in which the model actually calls its Conv2d/Linear modules.
+    called: list[str] = []
+    handles = [
+        m.register_forward_pre_hook(lambda _m, _x, name=name: called.append(name))
+        for name, m in model.named_modules()
+        if isinstance(m, nn.Conv2d | nn.Linear)
+    ]
+    with torch.no_grad():
+        model(torch.zeros(1, 1, 28, 28))
+    for h in handles:
+        h.remove()
+    assert names == called
+    assert names != sorted(names)  # a projection shortcut runs between convs, not in name order
 
 
 def test_plain20_has_one_group_per_conv() -> None:

@@ -452,8 +452,6 @@ def test_policy_file_and_plots(tmp_path: Path) -> None:
 
 
 def test_cli_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    pytest.importorskip("amc.graph")
-    pytest.importorskip("amc.models")
     from hydra import compose, initialize_config_module
 
     from amc.graph import build_graph

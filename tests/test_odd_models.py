@@ -72,30 +72,28 @@ def test_odd_model_compresses_within_budget_and_exports(name: str, mode: str, tm
             assert g.reason and policy.kept[g.index] == g.channels
 
 
-def test_channel_shuffle_is_handled_or_refused() -> None:
+def test_channel_shuffle_keeps_its_channels_whole_and_the_rest_prunes_exactly() -> None:
     model = _build({"_target_": "conftest.CustomOpNet", "shuffle": True})
-    try:
-        graph = build_graph(model, SHAPE)
-    except AmcError as exc:  # refusing is fine, but the message must say where
-        assert "c1" in str(exc) or "shuffle" in str(exc).lower()
-        return
-    # Traced: pruning c1 must keep the function, i.e. equal the dense model with c1's dropped channels zeroed
-    # (Swish(0) = 0, and the shuffle must route each kept channel to the c2 inputs that read it).
-    g = graph.groups[graph.units[0].out_group]
-    if not g.prunable:  # kept whole, with a reason that names where the routing breaks
-        assert "'c2'" in g.reason and "shuffle" in g.reason
-        return
+    graph = build_graph(model, SHAPE)
+    # c1's channels are permuted between groups on their way to c2: kept whole, with a reason naming where.
+    g1 = graph.groups[graph.unit("c1").out_group]
+    assert not g1.prunable and "'c2'" in g1.reason and "shuffle" in g1.reason
+    # c2's channels (after the shuffle) are prunable: pruning them must keep the function, i.e. equal the
+    # dense model with c2's dropped channels zeroed (relu(0) = 0 and the mean of zeros feeds fc nothing).
+    g2 = graph.groups[graph.unit("c2").out_group]
+    assert g2.prunable
     gen = torch.Generator().manual_seed(0)
     comp = Compressor(model, graph, calibration=[torch.randn(8, *SHAPE, generator=gen)], bn_recalibration=False)
     kept = graph.full_channels()
-    kept[g.index] = g.channels // 2
+    kept[g2.index] = g2.channels // 2
     policy = Policy(kept, [32] * len(graph.units), [32] * len(graph.units))
     pruned = comp.apply(policy)
-    dropped = sorted(set(range(g.channels)) - set(comp.keep(policy)[g.index].tolist()))
+    dropped = sorted(set(range(g2.channels)) - set(comp.keep(policy)[g2.index].tolist()))
+    assert len(dropped) == g2.channels // 2
     zeroed = _build({"_target_": "conftest.CustomOpNet", "shuffle": True})
     with torch.no_grad():
-        zeroed.c1.weight[dropped] = 0
-        zeroed.c1.bias[dropped] = 0
+        zeroed.c2.weight[dropped] = 0
+        zeroed.c2.bias[dropped] = 0
         x = torch.randn(4, *SHAPE, generator=gen)
         torch.testing.assert_close(pruned(x), zeroed(x), rtol=1e-5, atol=1e-5)
 

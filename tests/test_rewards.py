@@ -145,7 +145,14 @@ def test_energy_mac_by_precision() -> None:
 
 def test_weight_stationary_layer_cost_components_by_hand() -> None:
     acc = SystolicArray(
-        rows=4, cols=4, dataflow="ws", name="t", frequency_hz=1e9, dram_bandwidth_gbps=1.0, sram_kib=1, static_power_w=0.5
+        rows=4,
+        cols=4,
+        dataflow="ws",
+        name="t",
+        frequency_hz=1e9,
+        dram_bandwidth_gbps=1.0,
+        sram_kib=1,
+        static_power_w=0.5,
     )
     c = HardwareModel(acc, [Layer.linear(16, 8)]).layer_cost(0, w_bits=8, a_bits=8)
     # Bytes at 8 bits: weights 16*8, input 16, output 8 -> 152 B, all fit in 1 KiB: moved once.
