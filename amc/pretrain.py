@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +18,6 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
-from tqdm.auto import tqdm
 
 from amc.checkpoint import config_hash, load_checkpoint, load_file, load_state, save_checkpoint, weights_budget
 from amc.cli import hydra_entry, progress_bar, run_cli, run_tensorboard
@@ -30,7 +27,8 @@ from amc.evaluate import accuracy
 from amc.graph import build_graph
 from amc.models import accepted_arguments
 from amc.schema import check_config
-from amc.utils import atomic_torch_save, resolve_device, wait_for_lock
+from amc.training import Recipe, fit
+from amc.utils import resolve_device, wait_for_lock
 
 log = logging.getLogger(__name__)
 
@@ -79,48 +77,6 @@ def checkpoint_path(cfg: DictConfig, data: DataModule) -> Path:
     return Path(cfg.paths.cache_dir) / "pretrained" / f"{model_name}-{data.name}-{key}.pt"
 
 
-def train_epoch(
-    model: nn.Module,
-    loader: Any,
-    opt: torch.optim.Optimizer,
-    sched: Any,
-    device: torch.device,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    desc: str,
-    progress: bool = True,
-) -> float:
-    """One epoch of SGD with a per-step LR schedule; returns the mean training loss.
-
-    Args:
-        model: the network (put in train mode).
-        loader: (inputs, labels) batches.
-        opt: the optimizer.
-        sched: a scheduler stepped after every batch.
-        device: where to train.
-        loss_fn: ``loss_fn(inputs, labels)`` runs the model and returns the loss (cross-entropy, KD...).
-        desc: progress-bar label.
-        progress: show the progress bar.
-    """
-    model.train()
-    total, n = 0.0, 0
-    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=not progress)
-    for x, y in bar:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        loss = loss_fn(x, y)
-        if not torch.isfinite(loss.detach()):
-            raise AmcError(
-                f"training loss became {float(loss.detach())} ({desc}); lower the learning rate and run again"
-            )
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        total += float(loss.detach()) * y.numel()
-        n += y.numel()
-        bar.set_postfix(loss=f"{total / n:.3f}")
-    return total / max(n, 1)
-
-
 def train_baseline(cfg: DictConfig, model: nn.Module, data: DataModule, path: Path) -> dict[str, Any]:
     """Train ``model`` with the ``pretrain`` recipe, resuming from ``path``'s partial state if one exists.
 
@@ -131,71 +87,25 @@ def train_baseline(cfg: DictConfig, model: nn.Module, data: DataModule, path: Pa
         path: the final checkpoint path (the partial state sits beside it).
     """
     device = resolve_device(cfg.device)
-    rc = cfg.pretrain
+    recipe = Recipe.from_cfg(cfg.pretrain)
     model.to(device)
-    epochs = int(rc.epochs)
+    epochs = int(recipe.epochs)
     if epochs <= 0:
         raise AmcError(f"pretrain.epochs={epochs} must be positive")
-    steps_per_epoch = len(data.train_loader(seed=0))
-    opt = torch.optim.SGD(
-        model.parameters(),
-        lr=float(rc.lr),
-        momentum=float(rc.momentum),
-        weight_decay=float(rc.weight_decay),
-        nesterov=bool(rc.nesterov),
-    )
-    total_steps = epochs * steps_per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps))
-    )
-    partial = path.with_suffix(".partial.pt")
-    start, history = 0, []
-    if partial.exists():
-        state = load_file(partial)
-        try:
-            load_state(model, state["model"], str(partial))
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            start, history = int(state["epoch"]), list(state["history"])
-            torch.set_rng_state(state["torch_rng"])
-        except (KeyError, ValueError) as exc:
-            raise AmcError(f"partial training state {partial} is unusable ({exc}); delete it to start over") from exc
-        log.info("resuming pretraining from epoch %d/%d (%s)", start, epochs, partial)
-    progress = progress_bar(cfg)
     writer = run_tensorboard()  # pretrain/* tags in the run's tb/ (none outside a Hydra command)
-    epochs_bar = tqdm(
-        range(start, epochs), desc="pretrain", initial=start, total=epochs, dynamic_ncols=True, disable=not progress
+    history = fit(
+        model,
+        data,
+        recipe,
+        lambda x, y: nn.functional.cross_entropy(model(x), y, label_smoothing=recipe.label_smoothing),
+        path.with_suffix(".partial.pt"),
+        device,
+        baseline_seed(cfg),
+        "pretrain",
+        "pretraining",
+        progress=progress_bar(cfg),
+        writer=writer,
     )
-    for epoch in epochs_bar:
-        # Each epoch's shuffling has its own seed, so a resumed run sees the same batches.
-        loader = data.train_loader(seed=baseline_seed(cfg) * 1000 + epoch)
-        t0 = time.perf_counter()
-        loss = train_epoch(
-            model,
-            loader,
-            opt,
-            sched,
-            device,
-            lambda x, y: nn.functional.cross_entropy(model(x), y, label_smoothing=float(rc.label_smoothing)),
-            f"epoch {epoch + 1}/{epochs}",
-            progress,
-        )
-        history.append({"epoch": epoch + 1, "train_loss": loss, "seconds": time.perf_counter() - t0})
-        log.info("epoch %d/%d: train loss %.4f", epoch + 1, epochs, loss)
-        if writer is not None:
-            writer.add_scalar("pretrain/train_loss", loss, epoch + 1)
-            writer.add_scalar("pretrain/lr", sched.get_last_lr()[0], epoch + 1)
-        atomic_torch_save(
-            {
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "epoch": epoch + 1,
-                "history": history,
-                "torch_rng": torch.get_rng_state(),
-            },
-            partial,
-        )
     test = accuracy(model, data.test_loader(), device, topk=(1, 5) if data.num_classes > 5 else (1,))
     log.info("baseline test top-1 %.4f, loss %.4f", test["top1"], test["loss"])
     if writer is not None:

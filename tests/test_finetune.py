@@ -22,11 +22,13 @@ from amc.compress import Compressor, Policy
 from amc.cost import FP32, CostModel
 from amc.errors import AmcError
 from amc.export import load_compressed, measure_cost
-from amc.finetune import WeightFakeQuant, finetune, kd_loss, prepare_qat, strip_qat
+from amc.finetune import finetune
 from amc.graph import build_graph
 from amc.models import build_model
 from amc.pretrain import load_or_pretrain
+from amc.qat import WeightFakeQuant, prepare_qat, strip_qat
 from amc.quantize import quantize_weight
+from amc.training import kd_loss
 
 REPO = Path(__file__).resolve().parents[1]
 
