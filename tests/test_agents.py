@@ -344,7 +344,7 @@ class _StopAt(SearchCallback):
 
     def on_safe_point(self, agent: Agent, episodes_done: int) -> None:
         if episodes_done == self.episode:
-            raise _Stop
+            raise _Stop("stopped at a safe point")
 
 
 RESUMABLE = {
@@ -366,7 +366,7 @@ def test_saved_state_continues_like_an_uninterrupted_search(name: str, tmp_path:
 
     env = small_env()
     first = make()
-    with pytest.raises(_Stop):
+    with pytest.raises(_Stop, match=r"^stopped at a safe point$"):
         first.search(
             env, total, CallbackList([Checkpointer(tmp_path / "checkpoints", every=1, env=env), _StopAt(stop)])
         )

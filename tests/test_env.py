@@ -174,7 +174,7 @@ def test_bit_levels_and_action_mapping() -> None:
     assert bit_levels(2, 8) == [2, 3, 4, 5, 6, 7, 8]
     assert bit_levels(4, 8, allow_fp32=True)[-1] == FP32
     assert [action_to_level(a, 4) for a in (-1.0, -0.49, 0.0, 0.49, 0.51, 1.0)] == [0, 1, 2, 2, 3, 3]
-    with pytest.raises(AmcError):
+    with pytest.raises(AmcError, match=r"bit range 6..4 is invalid; use 2 <= min_bits <= max_bits <= 16"):
         bit_levels(6, 4)
 
 
@@ -329,7 +329,7 @@ def test_policy_round_trip_and_mismatch() -> None:
 def test_prune_model_rejects_wrong_lengths() -> None:
     model = build_model("fmnist_cnn", num_classes=10, in_channels=1)
     graph = build_graph(model, (1, 28, 28))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"expected keep indices for \d+ groups, got 0"):
         prune_model(model, graph, [])
 
 

@@ -129,7 +129,7 @@ def test_round_channels() -> None:
     assert round_channels(32, 32) == 32
     assert round_channels(1, 8) == 8
     assert round_channels(70, 32, maximum=64) == 64
-    with pytest.raises(AmcError):
+    with pytest.raises(AmcError, match=r"round_channels needs c >= 1 .*got c=0, multiple=8"):
         round_channels(0, 8)
     hw = HardwareModel(load_preset("bismo_edge"), small_model())
     assert hw.channel_multiple == 8
@@ -276,7 +276,7 @@ def test_batch_follows_preset() -> None:
 # Errors and presets
 # --------------------------------------------------------------------------------------------------
 def test_unknown_preset_lists_presets() -> None:
-    with pytest.raises(AmcError) as err:
+    with pytest.raises(AmcError, match=r"tpu_v9") as err:
         load_preset("tpu_v9")
     msg = str(err.value)
     assert "tpu_v9" in msg and "bitfusion_edge" in msg and "\n" not in msg
@@ -296,9 +296,9 @@ def test_required_presets_exist_and_override() -> None:
     } <= names
     acc = load_preset("bitfusion_edge", batch=4)
     assert acc.batch == 4
-    with pytest.raises(AmcError):
+    with pytest.raises(AmcError, match=r"cannot build hardware 'bitfusion_edge'.*no_such_parameter"):
         load_preset("bitfusion_edge", no_such_parameter=1)
-    with pytest.raises(AmcError):
+    with pytest.raises(AmcError, match=r"frequency_hz=-1 must be positive"):
         load_preset("bitfusion_edge", frequency_hz=-1)
 
 
@@ -315,15 +315,15 @@ def test_preset_yaml_numbers_cite_sources() -> None:
 
 def test_bad_queries_raise_amc_error() -> None:
     hw = HardwareModel(load_preset("bitfusion_edge"), small_model())
-    with pytest.raises(AmcError):
+    with pytest.raises(AmcError, match=r"w_bits=9 is not supported"):
         hw.layer_cost(0, 3, 32, 9, 8)
-    with pytest.raises(AmcError):
+    with pytest.raises(AmcError, match=r"a_bits=16 is not supported"):
         hw.layer_cost(0, 3, 32, 8, 16)
-    with pytest.raises(AmcError):
+    with pytest.raises(AmcError, match=r"unit index 7 out of range; the model has 5 units"):
         hw.layer_cost(7, 3, 32, 8, 8)
-    with pytest.raises(AmcError):
+    with pytest.raises(AmcError, match=r"kept channels must be >= 1 \(got c_in=3, c_out=0\)"):
         hw.layer_cost(0, 3, 0, 8, 8)
-    with pytest.raises(AmcError):
+    with pytest.raises(AmcError, match=r"c_in_list has 4 entries but the model has 5 units"):
         hw.model_cost([3] * 4)
 
 
@@ -361,7 +361,7 @@ def test_table_lookup_rounds_up_to_grid(tmp_path: Path) -> None:
     assert table.tables[3].c_out == [32, 64, 96, 128]
     tm = TableHardwareModel(table, units)
     assert tm.layer_cost(3, 64, 33, 8, 8).latency_s == hw.layer_cost(3, 64, 64, 8, 8).latency_s
-    with pytest.raises(AmcError):
+    with pytest.raises(AmcError, match=r"bits \(2, 8\) are not in the table's bit axis \[4, 8\]"):
         tm.layer_cost(3, 64, 64, 2, 8)  # 2 bits not in this table's axis
 
 
@@ -374,11 +374,11 @@ def test_wrong_table_for_model(tmp_path: Path) -> None:
     changed = [*units[:-1], Layer.linear(128, 100, name="fc")]
     with pytest.raises(AmcError, match="out_channels"):
         TableHardwareModel(path, changed)
-    with pytest.raises(AmcError):
+    with pytest.raises(AmcError, match=r"missing.npz not found"):
         load_table(tmp_path / "missing.npz")
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"format": "something else"}))
-    with pytest.raises(AmcError):
+    with pytest.raises(AmcError, match=r"bad.json is not an amc hardware table"):
         load_table(bad)
 
 
@@ -440,14 +440,14 @@ def test_policy_file_and_plots(tmp_path: Path) -> None:
     assert plot_roofline(hw, runs, tmp_path / "roofline.png").stat().st_size > 0
     assert plot_latency_breakdown(runs, tmp_path / "bars.png").stat().st_size > 0
 
-    for bad in (
-        {"units": [{"name": "nope"}]},
-        {"units": [{"name": "conv1", "out_channels": 64}]},
-        {"units": [{"name": "conv1", "w_bits": 9}]},
-        {"layers": []},
+    for bad, message in (
+        ({"units": [{"name": "nope"}]}, r"unit 'nope' is not in the model; its units are conv1"),
+        ({"units": [{"name": "conv1", "out_channels": 64}]}, r"conv1.out_channels=64 must be in 1..32"),
+        ({"units": [{"name": "conv1", "w_bits": 9}]}, r"conv1.w_bits=9 is not supported"),
+        ({"layers": []}, r'needs \{"units": \[...\]\}'),
     ):
         policy_file.write_text(json.dumps(bad))
-        with pytest.raises(AmcError):
+        with pytest.raises(AmcError, match=message):
             load_policy(policy_file, units)
 
 

@@ -96,7 +96,7 @@ class SaveAndStop(SearchCallback):
     def on_safe_point(self, agent: Agent, episodes_done: int) -> None:
         if episodes_done == self.at:
             agent.save(self.directory)
-            raise Interrupted
+            raise Interrupted("stopped after a checkpoint")
 
 
 def test_saved_state_continues_like_an_uninterrupted_search(tmp_path: Path) -> None:
@@ -107,7 +107,7 @@ def test_saved_state_continues_like_an_uninterrupted_search(tmp_path: Path) -> N
     episodes = make().scan_episodes(env) + 1
     straight = make().search(env, episodes)
 
-    with pytest.raises(Interrupted):
+    with pytest.raises(Interrupted, match=r"^stopped after a checkpoint$"):
         make().search(small_env(), episodes, SaveAndStop(8, tmp_path / "ckpt"))
     env2 = small_env()
     resumed = make()
