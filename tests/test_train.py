@@ -148,10 +148,28 @@ def _run_args(root: Path, *extra: str) -> list[str]:
     ]
 
 
-def test_resume_after_sigkill_ends_with_the_same_best_policy(tiny_root: Path, tmp_path: Path) -> None:
-    straight, killed = tmp_path / "straight", tmp_path / "killed"
-    done = cli(*_run_args(tiny_root, f"hydra.run.dir={straight}"))
+@pytest.fixture(scope="module")
+def straight(tiny_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The uninterrupted search every kill-and-resume test must end up equal to."""
+    run = tmp_path_factory.mktemp("straight") / "run"
+    done = cli(*_run_args(tiny_root, f"hydra.run.dir={run}"))
     assert done.returncode == 0, done.stderr[-2000:]
+    return run
+
+
+def _same_search(killed: Path, straight: Path) -> None:
+    a, b = (json.loads((d / "best_policy.json").read_text()) for d in (killed, straight))
+    assert a["policy"] == b["policy"] and a["episode"] == b["episode"] and a["reward"] == b["reward"]
+    assert a["config_hash"] == b["config_hash"]
+    rows = [
+        [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader((d / "episodes.csv").open())]
+        for d in (killed, straight)
+    ]
+    assert rows[0] == rows[1] and len(rows[0]) == 14
+
+
+def test_resume_after_sigkill_ends_with_the_same_best_policy(tiny_root: Path, straight: Path, tmp_path: Path) -> None:
+    killed = tmp_path / "killed"
 
     proc = subprocess.Popen(
         [sys.executable, *_run_args(tiny_root, f"hydra.run.dir={killed}")],
@@ -173,14 +191,52 @@ def test_resume_after_sigkill_ends_with_the_same_best_policy(tiny_root: Path, tm
 
     resumed = cli("-m", "amc.train", f"resume={killed}", f"hydra.run.dir={tmp_path / 'resume_log'}")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    a, b = (json.loads((d / "best_policy.json").read_text()) for d in (killed, straight))
-    assert a["policy"] == b["policy"] and a["episode"] == b["episode"] and a["reward"] == b["reward"]
-    assert a["config_hash"] == b["config_hash"]
-    rows = [
-        [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader((d / "episodes.csv").open())]
-        for d in (killed, straight)
-    ]
-    assert rows[0] == rows[1] and len(rows[0]) == 14
+    _same_search(killed, straight)
+
+
+# Runs amc.train with an os.replace that SIGKILLs the process just before the nth rename onto a file named
+# `target`: atomic writes are "write a temporary file, then os.replace", so this is the last moment of a write.
+KILLER = """
+import os, runpy, signal, sys
+target, nth = sys.argv[1], int(sys.argv[2])
+real, seen = os.replace, [0]
+def replace(src, dst, *args, **kwargs):
+    if os.path.basename(os.fspath(dst)) == target:
+        seen[0] += 1
+        if seen[0] == nth:
+            os.kill(os.getpid(), signal.SIGKILL)
+    return real(src, dst, *args, **kwargs)
+os.replace = replace
+sys.argv = ["amc.train", *sys.argv[3:]]
+runpy.run_module("amc.train", run_name="__main__", alter_sys=True)
+"""
+
+
+def _killed_at(target: str, nth: int, *args: str) -> None:
+    proc = cli("-c", KILLER, target, str(nth), *args)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+
+
+def test_kills_inside_the_checkpoint_writes_resume_to_the_same_search(
+    tiny_root: Path, straight: Path, tmp_path: Path
+) -> None:
+    killed = tmp_path / "killed"
+    ckpts = killed / "checkpoints"
+    # 1. Killed while the second checkpoint (episode 8) writes its RNG state inside its temporary directory.
+    _killed_at("rng.pt", 2, *_run_args(tiny_root, f"hydra.run.dir={killed}")[2:])
+    assert json.loads((ckpts / "latest.json").read_text())["episode"] == 4  # the first checkpoint still holds
+    assert any(p.name.startswith(".episode_000008.") for p in ckpts.iterdir())
+    # 2. Resumed from episode 4 and killed after episode_000012 was renamed into place but before
+    #    latest.json names it (this run's checkpoints: 8, then 12).
+    _killed_at("latest.json", 2, f"resume={killed}", f"hydra.run.dir={tmp_path / 'log1'}")
+    assert json.loads((ckpts / "latest.json").read_text())["episode"] == 8
+    assert (ckpts / "episode_000012").is_dir()
+    # 3. Resumed again from episode 8: it ends exactly where the uninterrupted search did.
+    resumed = cli("-m", "amc.train", f"resume={killed}", f"hydra.run.dir={tmp_path / 'log2'}")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    _same_search(killed, straight)
+    # No half-written checkpoint directory is left (a killed atomic write's own .latest.json.*.tmp file is).
+    assert sorted(p.name for p in ckpts.iterdir() if p.is_dir()) == ["episode_000014"]
 
 
 def test_joblib_multirun_and_report(tiny_root: Path, tmp_path: Path) -> None:
