@@ -82,6 +82,11 @@ def test_activation_range_is_the_calibration_max_and_clips_beyond_it() -> None:
     q.calibrating = False
     out = q(None, (torch.tensor([0.0, 0.11, 0.29, 3.0, 7.0]),))[0]
     torch.testing.assert_close(out, torch.tensor([0.0, 0.2, 0.2, 3.0, 3.0]))  # step 3/15, 7 clipped at 3
+    signed = ActivationQuantizer(3)
+    signed(None, (torch.tensor([-1.5, 3.0]),))
+    signed.calibrating = False
+    out = signed(None, (torch.tensor([-7.0, -3.0, -0.6, 0.4, 7.0]),))[0]
+    torch.testing.assert_close(out, torch.tensor([-3.0, -3.0, -1.0, 0.0, 3.0]))  # narrow: -3..3 steps of 1
 
 
 @pytest.mark.parametrize("bits", [0, 1])
