@@ -148,6 +148,7 @@ ENV = {
     "env.reference": Choice("uniform", "none"),
     "env.eval_batch_size": Int(1),
     "env.nonfinite": Choice("skip", "fail"),
+    "env.eval_cache": Int(0, fix="{key}=N with N >= 0 (0: off; configurations whose accuracy is remembered)"),
     **{f"env.{k}": r for k, r in COMPRESSOR.items()},
 }
 

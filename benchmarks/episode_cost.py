@@ -1,96 +1,141 @@
-"""How much one search episode costs, compared with one forward pass of the model it produces.
+"""What one search episode costs: per phase, against one forward pass, over workers, and in memory.
 
-For each model it runs N episodes of random actions in joint mode (50% MACs budget) on a 5,000-image
-Fashion-MNIST search split, then, for the last episode's policy, times one forward pass of the
-compressed model over the same split. It prints seconds per episode by phase, the ratio of episode
-time to that forward pass, and the process's peak memory. Run with reconstruction off and on:
+Three parts, each measured in one run (timings on shared machines swing; compare the ratios):
 
-    python benchmarks/episode_cost.py --episodes 5
-    python benchmarks/episode_cost.py --episodes 5 --reconstruction
+    python benchmarks/episode_cost.py phases            # seconds per phase, episode / forward ratio
+    python benchmarks/episode_cost.py workers           # episodes per second with agent.n_envs = 1, 2, 4
+    python benchmarks/episode_cost.py memory            # peak RSS of a 400-episode prune search
 
-Everything is measured in this one run (timings on shared machines swing; compare ratios, not seconds).
+``phases`` runs episodes of seeded random actions through the budget wall (50% MACs in prune mode, 50%
+BitOps in quantize and joint mode) for each model, mode and search-split size, and times, for the last
+episode's policy, one forward pass of the compressed model over the same split. Models: fmnist_cnn and
+ResNet-20 on Fashion-MNIST (1x28x28), and ResNet-20 on 3x32x32 images (CIFAR-10's format, written with
+random pixels to a temporary folder: the cost does not depend on the pixels). Models are untrained (the
+cost does not depend on the weights either), so no baseline is needed. The evaluation cache is off.
+
+``workers`` runs the uniform-random baseline search (the same episodes a search runs, without a learner)
+with ``agent.n_envs`` = 1, 2, 4 and prints episodes per second and the ratio to one worker, with the
+machine's load average.
+
+``memory`` runs ``python -m amc.train`` (DDPG, prune mode, fmnist_cnn, the cached baseline) as a
+subprocess for 400 episodes and reads its resident memory from ``/proc``: the peak after 20 episodes
+and at the end, and their ratio.
 """
 
 from __future__ import annotations
 
 import argparse
-import resource
+import os
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 from amc.envs import make_env
 
-from amc.data import FashionMNIST
+from amc.data import CIFAR10, FashionMNIST
+from amc.data.cifar import write_cifar_batch
 from amc.evaluate import accuracy, tensor_batches
 from amc.models import build_model
 
+PHASES = ["selection", "reconstruction", "quantization", "finetune", "bn_recalibration", "evaluation"]
+FMNIST = "/usr/share/datasets/fashion-mnist"
 
-def bench(name: str, data: FashionMNIST, episodes: int, reconstruction: bool, mode: str) -> dict[str, float]:
+
+def fmnist_root() -> str:
+    """The Debian package's folder when present, else the project's download folder."""
+    return FMNIST if Path(FMNIST, "train-images-idx3-ubyte.gz").exists() else "data/fashion-mnist"
+
+
+def random_cifar10(root: Path, n_train: int = 6000, n_test: int = 100, seed: int = 0) -> Path:
+    """Write a CIFAR-10-format folder of random images (``root/cifar-10-batches-py``)."""
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    per = n_train // 5
+    for i in range(5):
+        data = rng.integers(0, 256, (per, 3072), dtype=np.uint8)
+        labels = [int(v) for v in rng.integers(0, 10, per)]
+        write_cifar_batch(folder / f"data_batch_{i + 1}", {b"labels": labels, b"data": data})
+    test = rng.integers(0, 256, (n_test, 3072), dtype=np.uint8)
+    write_cifar_batch(folder / "test_batch", {b"labels": [int(v) for v in rng.integers(0, 10, n_test)], b"data": test})
+    return root
+
+
+def data_for(workload: str, split: int, tmp: Path):  # noqa: ANN201
+    if workload.endswith("@32"):
+        if not (tmp / "cifar-10-batches-py").exists():
+            random_cifar10(tmp)
+        return CIFAR10(root=str(tmp), search_size=split)
+    return FashionMNIST(root=fmnist_root(), search_size=split)
+
+
+def bench(workload: str, split: int, mode: str, episodes: int, tmp: Path) -> dict[str, float]:
+    """Seconds per phase, per episode and of one forward pass, for one model, split and mode."""
+    name = workload.split("@")[0]
+    data = data_for(workload, split, tmp)
     torch.manual_seed(0)
-    model = build_model(name, num_classes=10, in_channels=1)
-    env = make_env(model, data, budgets={"macs": 0.5}, mode=mode, reconstruction=reconstruction, seed=0)
+    model = build_model(name, num_classes=10, in_channels=data.in_channels)
+    budgets = {"macs": 0.5} if mode == "prune" else {"bitops": 0.5}
+    env = make_env(model, data, budgets=budgets, mode=mode, seed=0, eval_cache=0)
     rng = np.random.default_rng(0)
     phases: dict[str, float] = {}
     total = 0.0
-    for _ in range(episodes):
+    for i in range(episodes + 1):  # the first episode warms up allocators and kernels
         t0 = time.perf_counter()
         env.reset()
         done, info = False, {}
         while not done:
             _, _, done, _, info = env.step(rng.uniform(-1, 1, env.action_dim).astype(np.float32))
+        if i == 0:
+            continue
         total += time.perf_counter() - t0
         for k, v in info["timing"].items():
             phases[k] = phases.get(k, 0.0) + v
     compressed = env.compressor.apply(env.policy())
-    x, y = env.search_x, env.search_y
-    accuracy(compressed, tensor_batches(x[:1000], y[:1000], env.eval_batch_size))  # warm-up
+    batches = tensor_batches(env.search_x, env.search_y, env.eval_batch_size)
+    accuracy(compressed, batches)  # warm-up
     t0 = time.perf_counter()
-    accuracy(compressed, tensor_batches(x, y, env.eval_batch_size))
-    forward = time.perf_counter() - t0
+    for _ in range(3):
+        accuracy(compressed, batches)
+    forward = (time.perf_counter() - t0) / 3
     per_ep = total / episodes
     row = {k: v / episodes for k, v in phases.items()}
     row["other"] = per_ep - sum(row.values())
-    row["episode"] = per_ep
-    row["forward"] = forward
-    row["ratio"] = per_ep / forward
+    row["episode"], row["forward"], row["ratio"] = per_ep, forward, per_ep / forward
     return row
+
+
+def phases(args: argparse.Namespace) -> None:
+    cols = [*PHASES, "wall_and_features", "other"]
+    print(f"episodes={args.episodes} threads={torch.get_num_threads()} load={os.getloadavg()[0]:.2f}")
+    head = f"{'model':<14}{'mode':<9}{'split':>6}" + "".join(f"{c[:10]:>11}" for c in cols)
+    print(head + f"{'episode s':>10}{'forward s':>10}{'ratio':>7}")
+    with tempfile.TemporaryDirectory() as tmp:
+        for workload in args.models.split(","):
+            for split in (int(s) for s in args.splits.split(",")):
+                for mode in args.modes.split(","):
+                    r = bench(workload, split, mode, args.episodes, Path(tmp))
+                    print(
+                        f"{workload:<14}{mode:<9}{split:>6}"
+                        + "".join(f"{r.get(c, 0.0):>11.4f}" for c in cols)
+                        + f"{r['episode']:>10.4f}{r['forward']:>10.4f}{r['ratio']:>7.2f}",
+                        flush=True,
+                    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--episodes", type=int, default=5)
-    parser.add_argument("--models", default="fmnist_cnn,resnet20")
-    parser.add_argument("--reconstruction", action="store_true")
-    parser.add_argument("--mode", default="joint", choices=["prune", "quantize", "joint"])
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--root", default="data/fashion-mnist")
+    sub = parser.add_subparsers(dest="part", required=True)
+    p = sub.add_parser("phases", help="seconds per phase and the episode / forward ratio")
+    p.add_argument("--episodes", type=int, default=5)
+    p.add_argument("--models", default="fmnist_cnn,resnet20,resnet20@32", help="name[@32 for 3x32x32 images]")
+    p.add_argument("--splits", default="512,5000")
+    p.add_argument("--modes", default="prune,quantize,joint")
+    p.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    data = FashionMNIST(root=args.root, num_classes=10, in_channels=1, image_size=28, search_size=5000)
-    cols = [
-        "selection",
-        "reconstruction",
-        "quantization",
-        "bn_recalibration",
-        "evaluation",
-        "wall_and_features",
-        "other",
-    ]
-    print(
-        f"mode={args.mode} reconstruction={'on' if args.reconstruction else 'off'} episodes={args.episodes} "
-        f"threads={args.threads} search split=5000"
-    )
-    print(f"{'model':<12}" + "".join(f"{c[:12]:>13}" for c in cols) + f"{'episode s':>11}{'forward s':>11}{'ratio':>8}")
-    for name in args.models.split(","):
-        r = bench(name, data, args.episodes, args.reconstruction, args.mode)
-        print(
-            f"{name:<12}"
-            + "".join(f"{r.get(c, 0.0):>13.3f}" for c in cols)
-            + f"{r['episode']:>11.3f}{r['forward']:>11.3f}{r['ratio']:>8.2f}"
-        )
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"peak memory (max RSS of this process): {peak:.0f} MiB")
+    {"phases": phases}[args.part](args)
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ import contextlib
 import logging
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -147,6 +148,11 @@ class CompressionEnv(gym.Env):
             reference) or ``repair`` (free choice, then HAQ's repair from the last unit).
         reference: ``uniform`` (actions centred on the largest uniform policy within budget) or ``none``
             (equal bins, linear keep map).
+        eval_cache: how many evaluated configurations to remember (least recently used first out; 0: off).
+            Compressing and evaluating is deterministic for a fixed environment (fixed calibration batches,
+            search split and seed), so a configuration seen again (demonstrations, the noise-free exploit
+            phase, a converged actor, baselines' repeated candidates) reuses its accuracy instead of
+            recompressing; the reward and costs are recomputed. ``info["cached"]`` says which.
     """
 
     metadata = {"render_modes": []}
@@ -171,8 +177,16 @@ class CompressionEnv(gym.Env):
         levels: str = "hardware",
         wall: str = "repair",
         reference: str = "uniform",
+        eval_cache: int = 4096,
     ) -> None:
         super().__init__()
+        if int(eval_cache) < 0:
+            raise AmcError(
+                f"env.eval_cache={eval_cache} is negative; use 0 (off) or the number of configurations to keep"
+            )
+        self.eval_cache = int(eval_cache)
+        self._accuracies: OrderedDict[tuple[tuple[int, ...], ...], float] = OrderedDict()
+        self.cache_hits = 0
         if nonfinite not in ("skip", "fail"):
             raise AmcError(f"nonfinite={nonfinite!r} is not an option; use skip (log and continue) or fail")
         for key, value, options in (
@@ -692,12 +706,24 @@ class CompressionEnv(gym.Env):
             timing: seconds per phase are added to it (and returned as ``info["timing"]``).
         """
         timing = timing if timing is not None else {}
-        model = self.compressor.apply(policy, timing)
-        t = time.perf_counter()
-        acc = self._evaluate(model)
-        timing["evaluation"] = time.perf_counter() - t
+        key = (tuple(policy.kept), tuple(policy.w_bits), tuple(policy.a_bits))
+        cached = key in self._accuracies
+        if cached:
+            self._accuracies.move_to_end(key)
+            acc = self._accuracies[key]
+            self.cache_hits += 1
+        else:
+            model = self.compressor.apply(policy, timing)
+            t = time.perf_counter()
+            acc = self._evaluate(model)
+            timing["evaluation"] = time.perf_counter() - t
+            del model  # before the costs below: the next episode's copy need not coexist with this one
+            if self.eval_cache:
+                self._accuracies[key] = acc
+                if len(self._accuracies) > self.eval_cache:
+                    self._accuracies.popitem(last=False)
         metrics = self.evaluator.metrics(policy.kept, policy.w_bits, policy.a_bits)
-        info: dict[str, Any] = {"accuracy": acc, "dense_accuracy": self.dense_accuracy}
+        info: dict[str, Any] = {"accuracy": acc, "dense_accuracy": self.dense_accuracy, "cached": cached}
         for name, value in metrics.items():
             info[name] = value
             info[f"ratio/{name}"] = value / self.evaluator.dense[name]

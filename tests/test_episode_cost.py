@@ -1,0 +1,55 @@
+"""Per-episode work that does not depend on the episode is not redone: the evaluation cache."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from test_env import make_small_env
+
+from amc.errors import AmcError
+
+
+def _random_policies(env, n: int, seed: int = 0) -> list:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        env.reset()
+        for _ in range(env.n_units):
+            env.decide(rng.uniform(-1, 1, env.action_dim).astype(np.float32))
+        out.append(env.policy())
+    return out
+
+
+def test_a_repeated_configuration_reuses_its_accuracy_exactly() -> None:
+    env = make_small_env("joint", budgets={"bitops": 0.5})
+    uncached = make_small_env("joint", budgets={"bitops": 0.5}, eval_cache=0)
+    policies = _random_policies(env, 3)
+    calls = []
+    apply = env.compressor.apply
+    env.compressor.apply = lambda *a, **k: calls.append(1) or apply(*a, **k)  # count compressions
+    first = [env.evaluate(p) for p in policies]
+    again = [env.evaluate(p) for p in policies]
+    assert len(calls) == 3 and env.cache_hits == 3
+    assert [i["cached"] for i in first] == [False] * 3 and [i["cached"] for i in again] == [True] * 3
+    fresh = [uncached.evaluate(p) for p in policies]
+    for a, b, c in zip(first, again, fresh):
+        assert a["accuracy"] == b["accuracy"] == c["accuracy"]
+        assert a["reward"] == b["reward"] == c["reward"]
+        assert a["ratio/bitops"] == b["ratio/bitops"]
+    assert uncached.cache_hits == 0 and not any(i["cached"] for i in fresh)
+
+
+def test_the_cache_forgets_the_least_recently_used_configuration() -> None:
+    env = make_small_env("quantize", eval_cache=2)
+    a, b, c = _random_policies(env, 3, seed=1)
+    assert len({str(p) for p in (a, b, c)}) == 3
+    env.evaluate(a)
+    env.evaluate(b)
+    assert env.evaluate(a)["cached"]  # a is now the most recent
+    env.evaluate(c)  # evicts b
+    assert env.evaluate(a)["cached"] and not env.evaluate(b)["cached"]
+
+
+def test_negative_cache_size_is_refused() -> None:
+    with pytest.raises(AmcError, match=r"env.eval_cache=-1 is negative"):
+        make_small_env("joint", eval_cache=-1)
