@@ -75,7 +75,7 @@ def iterate(
         start: called once the rounds are validated, before the first round writes anything.
     """
     from amc.agents.callbacks import latest_checkpoint
-    from amc.train import search
+    from amc.train import build_callbacks, search
 
     rounds = int(cfg.rounds)
     if rounds < 1:
@@ -130,7 +130,8 @@ def iterate(
         checkpoint = latest_checkpoint(rdir) if (rdir / "checkpoints" / "latest.json").is_file() else None
         prev_test = acc_dense["top1"] if not log_rows else log_rows[-1]["test_after"]
         log.info("round %d/%d: budgets %s of the current model", r, rounds, budgets)
-        summary, env = search(rcfg, model, data, {"test_top1": prev_test}, rdir, checkpoint)
+        callbacks = build_callbacks(cfg, search_cfg.get("callbacks"))  # never built from the search's file
+        summary, env = search(rcfg, model, data, {"test_top1": prev_test}, rdir, checkpoint, callbacks=callbacks)
         policy = Policy.load(rdir / "best_policy.json", env.graph)
         compressed = env.compressor.apply(policy)
         test_before = accuracy(compressed, data.test_loader(), device, topk)["top1"]

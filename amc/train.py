@@ -20,7 +20,7 @@ import json
 import logging
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,13 +31,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tabulate import tabulate
 
-from amc.agents import Agent, CallbackList, SearchResult
+from amc.agents import Agent, CallbackList, SearchCallback, SearchResult
 from amc.agents.callbacks import (
     BestPolicyWriter,
     Checkpointer,
     EpisodeLog,
-    ProgressBar,
-    ProgressLog,
     TensorBoardLogger,
     latest_checkpoint,
     restore_rng,
@@ -261,6 +259,23 @@ def build_env(cfg: DictConfig, model: Any, data: Any, **options: Any) -> Compres
     )
 
 
+def build_callbacks(composed: DictConfig, settings: DictConfig | None = None) -> list[SearchCallback]:
+    """The configurable search callbacks: every ``_target_`` entry of ``composed.callbacks``, built in order.
+
+    Only a config composed from the package and the command line is built here, never one read from a
+    file; a resumed search or a round of ``amc.finetune`` passes its run's saved ``callbacks`` node as
+    ``settings``, whose plain values (``progress_bar`` ...) replace the composed ones.
+
+    Args:
+        composed: the composed config (its ``callbacks`` group).
+        settings: the ``callbacks`` node of the config the run uses, when that was read from a file.
+    """
+    node = composed.get("callbacks") or OmegaConf.create({})
+    plain = {k: v for k, v in (settings or {}).items() if not isinstance(v, DictConfig)}
+    node = OmegaConf.merge(node, plain)
+    return [instantiate(entry) for entry in node.values() if isinstance(entry, DictConfig) and "_target_" in entry]
+
+
 def check_before_pretraining(cfg: DictConfig, data: Any) -> None:
     """Build the environment on the untrained model, so budgets, bits and hardware limits fail before pretraining.
 
@@ -284,6 +299,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """
     t_start = time.perf_counter()
     check_config(cfg, "train")
+    composed = cfg
     with claim_dir(run_dir_of(cfg), "search"):  # before anything is read or written there
         cfg, run_dir, checkpoint, replace = prepare_run_dir(cfg)
         instantiate(cfg.agent).validate(int(cfg.episodes))  # bad settings fail before any data is read
@@ -301,6 +317,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             checkpoint,
             t_start,
             on_ready=lambda: aside.append(start_outputs(cfg, run_dir, replace)),
+            callbacks=build_callbacks(composed, cfg.callbacks),
         )
         if aside and aside[0] is not None:
             shutil.rmtree(aside[0], ignore_errors=True)
@@ -318,6 +335,7 @@ def search(
     checkpoint: Path | None = None,
     t_start: float | None = None,
     on_ready: Callable[[], Any] | None = None,
+    callbacks: Sequence[SearchCallback] = (),
 ) -> tuple[dict[str, Any], CompressionEnv]:
     """Search ``model`` with the config's agent, env, reward, hardware and budgets; outputs go to ``run_dir``.
 
@@ -334,6 +352,7 @@ def search(
         checkpoint: a checkpoint directory to continue from.
         t_start: when the run started (for the summary's seconds).
         on_ready: called once everything is built and validated, right before the first output is written.
+        callbacks: the configurable callbacks (:func:`build_callbacks`), called before the run's outputs.
     """
     t_start = time.perf_counter() if t_start is None else t_start
     episodes = int(cfg.episodes)
@@ -356,17 +375,16 @@ def search(
         **flat_settings(cfg.env, "env"),
     }
     tensorboard = TensorBoardLogger(run_dir / "tb", int(cfg.callbacks.image_every), hparams, hold=True)
-    callbacks = CallbackList(
+    callback_list = CallbackList(
         [
-            ProgressBar(bool(cfg.callbacks.progress_bar)),
-            ProgressLog(),
+            *callbacks,
             EpisodeLog(run_dir / "episodes.csv"),
             best_writer,
             tensorboard,
             Checkpointer(run_dir / "checkpoints", int(cfg.callbacks.checkpoint_every), env),
         ]
     )
-    result = agent.search(env, episodes, callbacks)
+    result = agent.search(env, episodes, callback_list)
     try:
         summary = summarize(cfg, result, env, data, meta, run_dir, best_writer, time.perf_counter() - t_start)
     except BaseException:
