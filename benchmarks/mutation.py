@@ -178,7 +178,10 @@ MUTATIONS = [
         "amc/cost.py",
         "groups = np.where(self._depthwise, c_out, self._groups)",
         "groups = self._groups",
-        ("tests/test_cost.py::test_closed_form_matches_pruned_model",),
+        (
+            "tests/test_cost.py::test_closed_form_matches_pruned_model",
+            f"{REWARDS}::test_depthwise_and_pointwise_macs_by_hand",
+        ),
     ),
     Mutation(
         "budget wall 50% too loose",
@@ -190,7 +193,7 @@ MUTATIONS = [
     Mutation(
         "repair keeps what was asked above the reference",
         "envs/compression.py",
-        "if gi is not None and self.kept[gi] > ref.kept[gi]:",
+        "if self.quantize and arr[t] > target:",
         "if False:",
         ("tests/test_env.py::test_repair_takes_back_what_was_asked_above_the_reference_from_the_last_unit",),
     ),

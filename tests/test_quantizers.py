@@ -77,8 +77,8 @@ def test_signed_activations_have_2_pow_b_minus_1_symmetric_levels(bits: int) -> 
 
 def test_activation_range_is_the_calibration_max_and_clips_beyond_it() -> None:
     q = ActivationQuantizer(4)
-    q(None, (torch.tensor([0.0, 1.5]),))
-    q(None, (torch.tensor([3.0, 0.5]),))  # widens to 3
+    q(None, (torch.tensor([0.0, 3.0]),))
+    q(None, (torch.tensor([1.5, 0.5]),))  # a later, narrower batch does not shrink the range
     q.calibrating = False
     out = q(None, (torch.tensor([0.0, 0.11, 0.29, 3.0, 7.0]),))[0]
     torch.testing.assert_close(out, torch.tensor([0.0, 0.2, 0.2, 3.0, 3.0]))  # step 3/15, 7 clipped at 3

@@ -14,11 +14,13 @@ import pytest
 import torch
 from amc.envs import CompressionEnv
 from amc.envs.features import FeatureBuilder
+from conftest import FlattenNet
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from torch import nn
 
 from amc.compress import Compressor
+from amc.cost import CostModel
 from amc.graph import build_graph
 from amc.hardware import HardwareModel, Layer, SystolicArray
 from amc.hardware.energy import EnergyModel
@@ -129,6 +131,23 @@ def test_env_observation_tracks_decisions_by_hand() -> None:
     # Before fc: c1 (1 filter) + c2 reading 1 of 4 input channels.
     assert obs[10] == pytest.approx((576 + 4608 / 4) / 8192)
     assert obs[12] == 0.0  # the classifier's outputs are not a decision
+
+
+# --- closed-form costs ----------------------------------------------------------------------------
+def test_depthwise_and_pointwise_macs_by_hand() -> None:
+    graph = build_graph(FlattenNet(), (1, 28, 28))
+    group = graph.groups[graph.unit("c1").out_group]  # c1's filters, passed through the depthwise conv
+    assert group.prunable and graph.unit("dw").out_group == group.index
+    kept = graph.full_channels()
+    kept[group.index] = 8  # of 16
+    macs, weights = CostModel(graph).unit_macs_params(kept)
+    by_name = {u.name: (int(macs[u.index]), int(weights[u.index])) for u in graph.units}
+    # 14x14 outputs everywhere: c1 8 filters of 1x3x3; dw 8 filters of 1x3x3 (one channel each); pw 8x8 1x1;
+    # fc1 reads 8 channels x 196 positions.
+    assert by_name["c1"] == (8 * 9 * 196, 8 * 9)
+    assert by_name["dw"] == (8 * 9 * 196, 8 * 9)
+    assert by_name["pw"] == (8 * 8 * 196, 8 * 8)
+    assert by_name["fc1"] == (8 * 196 * 32, 8 * 196 * 32)
 
 
 # --- hardware: every energy component of one layer ----------------------------------------------
