@@ -168,8 +168,8 @@ MUTATIONS = [
     Mutation(
         "activation range not widened by later batches",
         "amc/quantize.py",
-        "self.max_abs = max(self.max_abs, float(x.detach().abs().amax()))",
-        "self.max_abs = float(x.detach().abs().amax())",
+        "self.max_abs = max(self.max_abs, -lo, hi)",
+        "self.max_abs = max(-lo, hi)",
         (QUANT,),
     ),
     # Costs, wall, features, energy.

@@ -484,6 +484,10 @@ def test_repair_takes_back_what_was_asked_above_the_reference_from_the_last_unit
     changed = [t for t in range(env.n_units) if (w[t], a[t]) != (env.w_choices[t][-1], env.a_choices[t][-1])]
     assert changed and changed == list(range(changed[0], env.n_units))
     assert all(w[t] >= ref.w_bits[t] and a[t] >= ref.a_bits[t] for t in range(env.n_units))
+    # Taken back to the reference itself, not a level at a time: weights first, so every changed unit after
+    # the first is at the reference's bits and the first at least in its weights.
+    assert w[changed[0]] == ref.w_bits[changed[0]]
+    assert all((w[t], a[t]) == (ref.w_bits[t], ref.a_bits[t]) for t in changed[1:])
     # Without a reference HAQ's repair lowers bits from the last unit: the last unit ends at or below its wish.
     env = make_small_env("quantize", {"latency": 0.35}, preset="bitfusion_edge", wall="repair", reference="none")
     env.reset()
