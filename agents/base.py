@@ -8,6 +8,7 @@ point* (a moment when its whole state can be saved, so that a resumed search con
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from abc import ABC, abstractmethod
@@ -173,14 +174,20 @@ class Agent(ABC):
     they hold state beyond the history, :meth:`state_dict`/:meth:`load_state_dict` (JSON) and
     :meth:`_save_files`/:meth:`_load_files` (anything else).
 
+    With ``n_envs`` > 1, :meth:`search` opens ``n_envs`` evaluation workers on the environment
+    (:meth:`CompressionEnv.parallel`) for the whole search, and the agent plays that many episodes at
+    a time (:func:`run_episodes`, :meth:`CompressionEnv.evaluate_many`).
+
     Args:
         seed: the agent's seed.
+        n_envs: episodes played and evaluated in parallel (worker processes; 1: none).
     """
 
     name: ClassVar[str] = "agent"
 
-    def __init__(self, seed: int = 0) -> None:
+    def __init__(self, seed: int = 0, n_envs: int = 1) -> None:
         self.seed = int(seed)
+        self.n_envs = int(n_envs)
         self.history: list[dict[str, Any]] = []
         self.best: EpisodeRecord | None = None
 
@@ -193,6 +200,8 @@ class Agent(ABC):
         """Raise a one-line :class:`AmcError` when ``episodes`` does not suit this agent."""
         if int(episodes) <= 0:
             raise AmcError(f"episodes={episodes} must be positive; set episodes=N with N >= 1")
+        if self.n_envs < 1:
+            raise AmcError(f"agent.n_envs={self.n_envs} must be >= 1 (episodes evaluated in parallel)")
 
     def setup(self, env: CompressionEnv, episodes: int) -> None:
         """Prepare for a search on ``env`` (idempotent; called by :meth:`search` and :meth:`load`)."""
@@ -214,7 +223,8 @@ class Agent(ABC):
         self.setup(env, episodes)
         callback.on_search_start(self, env, episodes)
         if self.episodes_done < episodes:
-            self._search(env, int(episodes), callback)
+            with env.parallel(self.n_envs):
+                self._search(env, int(episodes), callback)
         result = SearchResult(self.name, self.best, list(self.history))
         callback.on_search_end(self, result)
         return result
@@ -335,6 +345,33 @@ def run_episode(env: CompressionEnv, actions: np.ndarray, legal: bool = False) -
     return info
 
 
+def run_episodes(
+    env: CompressionEnv, actions: Sequence[np.ndarray], legal: Sequence[bool] | None = None
+) -> list[dict[str, Any]]:
+    """Play several episodes with fixed actions through the wall and evaluate them together; infos in order.
+
+    The results equal ``[run_episode(env, a, l) for a, l in zip(actions, legal)]``: each episode's
+    decisions are made in this process, then :meth:`CompressionEnv.finish_many` measures the policies
+    on the environment's evaluation workers at once (one after another without workers).
+
+    Args:
+        env: the environment.
+        actions: per episode, ``(n_units, action_dim)`` actions in [-1, 1].
+        legal: per episode, whether to play it unclipped (see :func:`run_episode`).
+    """
+    legal = list(legal) if legal is not None else [False] * len(actions)
+    if env.workers == 1:
+        return [run_episode(env, a, lg) for a, lg in zip(actions, legal)]
+    states = []
+    for acts, lg in zip(actions, legal):
+        with env.unclipped() if lg else contextlib.nullcontext():
+            env.reset()
+            for t in range(env.n_units):
+                env.decide(np.asarray(acts[t], dtype=np.float32))
+            states.append(env.episode_state())
+    return env.finish_many(states)
+
+
 def actions_for(env: CompressionEnv, kept: Sequence[int], w_bits: Sequence[int], a_bits: Sequence[int]) -> np.ndarray:
     """Per-step actions that make the environment choose exactly this configuration when it is legal.
 
@@ -374,3 +411,16 @@ def evaluate_config(
     """
     policy = Policy([int(k) for k in kept], [int(b) for b in w_bits], [int(b) for b in a_bits])
     return env.evaluate(policy)
+
+
+def evaluate_configs(
+    env: CompressionEnv, configs: Sequence[tuple[Sequence[int], Sequence[int], Sequence[int]]]
+) -> list[dict[str, Any]]:
+    """:func:`evaluate_config` for several configurations, measured together on the environment's workers.
+
+    Args:
+        env: the environment.
+        configs: (kept, w_bits, a_bits) per configuration.
+    """
+    policies = [Policy([int(k) for k in c[0]], [int(b) for b in c[1]], [int(b) for b in c[2]]) for c in configs]
+    return env.evaluate_many(policies)

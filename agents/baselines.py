@@ -13,11 +13,13 @@ from amc.agents.base import (
     SearchCallback,
     actions_for,
     channels_at,
-    evaluate_config,
+    evaluate_configs,
     run_episode,
+    run_episodes,
 )
 from amc.envs import CompressionEnv
 
+from amc.compress import Policy
 from amc.errors import AmcError
 
 log = logging.getLogger(__name__)
@@ -28,22 +30,29 @@ Config = tuple[np.ndarray, np.ndarray, np.ndarray]
 class RandomSearch(Agent):
     """Random search: every action uniform in [-1, 1], the wall keeps each episode within budget.
 
+    With ``n_envs`` workers the episodes go ``n_envs`` at a time: their actions are drawn in the same
+    order from the same generator and evaluated together, so the results are the same for any ``n_envs``.
+
     Args:
         seed: seed of the agent's own generator.
+        n_envs: episodes evaluated in parallel.
     """
 
     name = "random"
 
-    def __init__(self, seed: int = 0) -> None:
-        super().__init__(seed)
+    def __init__(self, seed: int = 0, n_envs: int = 1) -> None:
+        super().__init__(seed, n_envs)
         self.rng = np.random.default_rng(seed)
 
     def _search(self, env: CompressionEnv, episodes: int, callback: SearchCallback) -> None:
-        for _ in range(self.episodes_done, episodes):
+        while self.episodes_done < episodes:
+            n = min(env.workers, episodes - self.episodes_done)
             t0 = time.perf_counter()
-            actions = self.rng.uniform(-1.0, 1.0, (env.n_units, env.action_dim)).astype(np.float32)
-            info = run_episode(env, actions)
-            self.record(info, "random", time.perf_counter() - t0, callback)
+            actions = [self.rng.uniform(-1.0, 1.0, (env.n_units, env.action_dim)).astype(np.float32) for _ in range(n)]
+            infos = run_episodes(env, actions)
+            seconds = (time.perf_counter() - t0) / n
+            for info in infos:
+                self.record(info, "random", seconds, callback)
             callback.on_safe_point(self, self.episodes_done)
 
     def state_dict(self) -> dict[str, Any]:
@@ -66,12 +75,13 @@ class UniformSearch(Agent):
     Args:
         grid: points of the initial keep-ratio grid.
         seed: unused (uniform is deterministic); kept for a common signature.
+        n_envs: candidates evaluated in parallel.
     """
 
     name = "uniform"
 
-    def __init__(self, grid: int = 101, seed: int = 0) -> None:
-        super().__init__(seed)
+    def __init__(self, grid: int = 101, seed: int = 0, n_envs: int = 1) -> None:
+        super().__init__(seed, n_envs)
         self.grid = int(grid)
         self.candidates: list[tuple[float, int]] = []
 
@@ -93,25 +103,38 @@ class UniformSearch(Agent):
         return env.uniform_candidates(self.grid)
 
     def _search(self, env: CompressionEnv, episodes: int, callback: SearchCallback) -> None:
-        for i in range(self.episodes_done, min(episodes, len(self.candidates))):
-            ratio, bits = self.candidates[i]
+        end = min(episodes, len(self.candidates))
+        while self.episodes_done < end:
+            batch = self.candidates[self.episodes_done : self.episodes_done + env.workers][: end - self.episodes_done]
             t0 = time.perf_counter()
-            config = env.uniform_config(ratio, bits)
-            info = run_episode(env, actions_for(env, *config), legal=env.wall.feasible(*config))
-            _check_unclipped(env, config)
-            self.record(
-                info,
-                "uniform",
-                time.perf_counter() - t0,
-                callback,
-                extras={"uniform_keep": ratio, "uniform_bits": bits},
-            )
+            configs = [env.uniform_config(ratio, bits) for ratio, bits in batch]
+            if len(batch) == 1:
+                config = configs[0]
+                infos = [run_episode(env, actions_for(env, *config), legal=env.wall.feasible(*config))]
+                _check_unclipped(env, config)
+            else:
+                infos = run_episodes(
+                    env, [actions_for(env, *c) for c in configs], [env.wall.feasible(*c) for c in configs]
+                )
+                for config, info in zip(configs, infos):
+                    _check_evaluated(env, config, info)
+            seconds = (time.perf_counter() - t0) / len(batch)
+            for (ratio, bits), info in zip(batch, infos):
+                self.record(info, "uniform", seconds, callback, extras={"uniform_keep": ratio, "uniform_bits": bits})
             callback.on_safe_point(self, self.episodes_done)
 
 
 def _check_unclipped(env: CompressionEnv, config: Config) -> None:
     kept, w, a = config
     if not (np.array_equal(env.kept, kept) and np.array_equal(env.w, w) and np.array_equal(env.a, a)):
+        log.warning("the budget wall changed a configuration that should be legal; the episode used the wall's version")
+
+
+def _check_evaluated(env: CompressionEnv, config: Config, info: Mapping[str, Any]) -> None:
+    """:func:`_check_unclipped` for an episode of a batch (its evaluated policy is in ``info``)."""
+    policy = Policy.from_dict(info["policy"], env.graph)
+    kept, w, a = config
+    if not (list(kept) == policy.kept and list(w) == policy.w_bits and list(a) == policy.a_bits):
         log.warning("the budget wall changed a configuration that should be legal; the episode used the wall's version")
 
 
@@ -134,14 +157,19 @@ class GreedySearch(Agent):
         keep_levels: keep ratios scanned per decided group (below ``min_keep`` they become ``min_keep``).
         bit_levels: bitwidths scanned per unit (levels the environment offers).
         seed: unused (greedy is deterministic); kept for a common signature.
+        n_envs: scan configurations evaluated in parallel (the results are the same for any value).
     """
 
     name = "greedy"
 
     def __init__(
-        self, keep_levels: Sequence[float] = (0.75, 0.5, 0.25), bit_levels: Sequence[int] = (6, 4, 2), seed: int = 0
+        self,
+        keep_levels: Sequence[float] = (0.75, 0.5, 0.25),
+        bit_levels: Sequence[int] = (6, 4, 2),
+        seed: int = 0,
+        n_envs: int = 1,
     ) -> None:
-        super().__init__(seed)
+        super().__init__(seed, n_envs)
         self.keep_levels = [float(r) for r in keep_levels]
         self.bit_levels = [int(b) for b in bit_levels]
         self.dims: list[tuple[str, int, list[int]]] = []  # (kind, unit or group, values from top to lowest)
@@ -204,14 +232,19 @@ class GreedySearch(Agent):
     # --- search ---------------------------------------------------------------------------------
     def _search(self, env: CompressionEnv, episodes: int, callback: SearchCallback) -> None:
         while self.episodes_done < len(self.scans):
-            d, lv = self.scans[self.episodes_done]
-            levels = [0] * len(self.dims)
-            if d >= 0:
-                levels[d] = lv
+            batch = self.scans[self.episodes_done : self.episodes_done + env.workers]
+            configs = []
+            for d, lv in batch:
+                levels = [0] * len(self.dims)
+                if d >= 0:
+                    levels[d] = lv
+                configs.append(self.config(env, levels))
             t0 = time.perf_counter()
-            info = evaluate_config(env, *self.config(env, levels))
-            self.scan_accuracy.append(float(info["accuracy"]))
-            self.record(info, "scan", time.perf_counter() - t0, callback, eligible=False)
+            infos = evaluate_configs(env, configs)
+            seconds = (time.perf_counter() - t0) / len(batch)
+            for info in infos:
+                self.scan_accuracy.append(float(info["accuracy"]))
+                self.record(info, "scan", seconds, callback, eligible=False)
             callback.on_safe_point(self, self.episodes_done)
         if self.episodes_done == len(self.scans):
             t0 = time.perf_counter()

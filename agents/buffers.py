@@ -30,13 +30,15 @@ class EpisodeRewardReplayBuffer(ReplayBuffer):
         observation_space: observation space.
         action_space: action space.
         device: where sampled tensors go.
-        n_envs: number of environments (episodes are tracked for one).
+        n_envs: number of environments; with several, their episodes run in lockstep (same length,
+            ending together: :class:`~amc.agents.vec_env.CompressionVecEnv`) and each env's column is
+            back-filled and relabelled with its own episode's reward and actions.
         optimize_memory_usage: SB3's memory-saving layout (not supported here).
         handle_timeout_termination: SB3's timeout handling.
         backfill: give all transitions of an episode its final reward.
         baseline: subtract the moving-average baseline from sampled rewards.
         baseline_alpha: update rate of the baseline (AMC ``moving_alpha``).
-        relabel: at the end of an episode, replace its stored actions with ``infos[0]["actions"]`` when
+        relabel: at the end of an episode, replace its stored actions with ``infos[i]["actions"]`` when
             the environment reports them (the actions of the configuration actually evaluated, e.g. after
             the budget wall's repair), so the critic learns the value of what was measured.
     """
@@ -55,8 +57,8 @@ class EpisodeRewardReplayBuffer(ReplayBuffer):
         baseline_alpha: float = 0.5,
         relabel: bool = False,
     ) -> None:
-        if n_envs != 1 or optimize_memory_usage:
-            raise ValueError("EpisodeRewardReplayBuffer supports one environment without optimize_memory_usage")
+        if optimize_memory_usage:
+            raise ValueError("EpisodeRewardReplayBuffer does not support optimize_memory_usage")
         super().__init__(
             buffer_size,
             observation_space,
@@ -85,15 +87,19 @@ class EpisodeRewardReplayBuffer(ReplayBuffer):
         """Store a transition; at the end of an episode, write its reward into all of its transitions."""
         self.episode_positions.append(self.pos)
         super().add(obs, next_obs, action, reward, done, infos)
-        if bool(np.asarray(done).reshape(-1)[0]):
-            if self.backfill:
-                # An episode is shorter than the buffer, so its positions are distinct even after a wrap.
-                self.rewards[self.episode_positions, 0] = np.asarray(reward, dtype=np.float32).reshape(-1)[0]
-            executed = infos[0].get("actions") if infos else None
-            if self.relabel and executed is not None and len(executed) == len(self.episode_positions):
-                self.actions[self.episode_positions, 0] = np.asarray(executed, dtype=np.float32).reshape(
-                    len(self.episode_positions), -1
-                )
+        dones = np.asarray(done).reshape(-1)
+        if bool(dones[0]):
+            assert dones.all(), "parallel episodes must end together"
+            rewards = np.asarray(reward, dtype=np.float32).reshape(-1)
+            for i in range(self.n_envs):
+                if self.backfill:
+                    # An episode is shorter than the buffer, so its positions are distinct even after a wrap.
+                    self.rewards[self.episode_positions, i] = rewards[i]
+                executed = infos[i].get("actions") if infos else None
+                if self.relabel and executed is not None and len(executed) == len(self.episode_positions):
+                    self.actions[self.episode_positions, i] = np.asarray(executed, dtype=np.float32).reshape(
+                        len(self.episode_positions), -1
+                    )
             self.episode_positions = []
 
     def sample(self, batch_size: int, env: VecNormalize | None = None) -> ReplayBufferSamples:

@@ -26,6 +26,7 @@ from amc.agents.buffers import EpisodeRewardReplayBuffer
 from amc.agents.noise import TruncatedNormalNoise
 from amc.agents.policies import ActorCriticLrPolicy
 from amc.agents.sb3 import SB3Agent
+from amc.agents.vec_env import SharedScheduleNoise
 from amc.envs import CompressionEnv
 from stable_baselines3 import DDPG, TD3
 from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
@@ -67,6 +68,8 @@ class DDPGAgent(SB3Agent):
         best_of: ``all`` or ``learner`` (see :class:`~amc.agents.sb3.SB3Agent`).
         reanchor_every: re-centre on the best episode every this many learning episodes (0: once, after warm-up).
         demo_budget: largest fraction of the episodes the demonstrations may use (others are skipped).
+        n_envs: episodes played side by side and measured on as many evaluation workers (see
+            :class:`~amc.agents.sb3.SB3Agent`); one noise schedule for all (:class:`SharedScheduleNoise`).
     """
 
     name: ClassVar[str] = "ddpg"
@@ -101,6 +104,7 @@ class DDPGAgent(SB3Agent):
         best_of: str = "all",
         reanchor_every: int = 0,
         demo_budget: float = 0.5,
+        n_envs: int = 1,
     ) -> None:
         super().__init__(
             warmup,
@@ -115,6 +119,7 @@ class DDPGAgent(SB3Agent):
             best_of,
             reanchor_every,
             demo_budget,
+            n_envs,
         )
         self.actor_lr, self.critic_lr = float(actor_lr), float(critic_lr)
         self.tau, self.gamma = float(tau), float(gamma)
@@ -162,14 +167,15 @@ class DDPGAgent(SB3Agent):
             seed=self.seed,
             center=self._actor_action if self.noise_around_action else None,
             floor=self.sigma_floor,
+            n_envs=self.n_envs,
         )
         return self.algorithm(
             ActorCriticLrPolicy,
-            env,
+            self.sb3_env(env),
             learning_rate=self.actor_lr,
             tau=self.tau,
             gamma=self.gamma,
-            action_noise=self.noise,
+            action_noise=self.noise if self.n_envs == 1 else SharedScheduleNoise(self.noise),
             policy_kwargs={"net_arch": list(self.net_arch), "critic_lr": self.critic_lr},
             **self.off_policy_kwargs(
                 env,

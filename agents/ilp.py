@@ -59,6 +59,7 @@ class ILPSearch(GreedySearch):
         max_rounds: re-solves with tightened or bisected caps when a solution misses a budget (prune and
             joint modes; the bisection stops early once the caps agree to 1e-4 of each limit).
         seed: unused (the ILP is deterministic); kept for a common signature.
+        n_envs: scan configurations evaluated in parallel (the results are the same for any value).
     """
 
     name = "ilp"
@@ -70,8 +71,9 @@ class ILPSearch(GreedySearch):
         tie_break: float = 0.5,
         max_rounds: int = 20,
         seed: int = 0,
+        n_envs: int = 1,
     ) -> None:
-        super().__init__(keep_levels, bit_levels, seed)
+        super().__init__(keep_levels, bit_levels, seed, n_envs)
         if not 0.0 <= tie_break < 1.0:
             raise ValueError(f"tie_break={tie_break} must be in [0, 1) search-split images so it only breaks ties")
         self.tie_break = float(tie_break)

@@ -35,6 +35,10 @@ class TruncatedNormalNoise(ActionNoise):
         seed: seed of the noise's own generator.
         center: returns the actor's action for the current observation (truncation around it).
         floor: sigma never decays below this (0: AMC's unbounded decay).
+        n_envs: parallel episodes (``agent.n_envs``): each call returns ``(n_envs, size)`` noise (drawn
+            from the one generator in env order), ``center`` returns the actors' actions for all of them,
+            and a call counts ``n_envs`` steps toward ``warmup_steps``. Wrap it in
+            :class:`~amc.agents.vec_env.SharedScheduleNoise` for SB3.
     """
 
     def __init__(
@@ -48,11 +52,14 @@ class TruncatedNormalNoise(ActionNoise):
         seed: int = 0,
         center: Callable[[], np.ndarray] | None = None,
         floor: float = 0.0,
+        n_envs: int = 1,
     ) -> None:
         super().__init__()
         if sigma < 0 or not 0 < decay <= 1:
             raise ValueError(f"sigma={sigma} must be >= 0 and decay={decay} in (0, 1]")
         self.size = int(size)
+        self.n_envs = int(n_envs)
+        self.shape = (self.size,) if self.n_envs == 1 else (self.n_envs, self.size)
         self.sigma0 = float(sigma)
         self.sigma = float(sigma)
         self.decay = float(decay)
@@ -70,15 +77,16 @@ class TruncatedNormalNoise(ActionNoise):
         return self.sigma * (self.high - self.low)
 
     def __call__(self) -> np.ndarray:
-        self.calls += 1
+        self.calls += self.n_envs
         if self.calls <= self.warmup_steps:
-            return np.zeros(self.size, dtype=np.float32)
+            return np.zeros(self.shape, dtype=np.float32)
         self.drawn = True
+        count = self.size * self.n_envs
         if self.center is None:
             width = self.high - self.low
-            return self._truncated(np.zeros(self.size), -width, width)
-        mu = np.clip(np.asarray(self.center(), dtype=np.float64).reshape(self.size), self.low, self.high)
-        return (self._truncated(mu, self.low, self.high) - mu).astype(np.float32)
+            return self._truncated(np.zeros(count), -width, width).reshape(self.shape)
+        mu = np.clip(np.asarray(self.center(), dtype=np.float64).reshape(count), self.low, self.high)
+        return (self._truncated(mu, self.low, self.high) - mu).astype(np.float32).reshape(self.shape)
 
     def _truncated(self, mu: np.ndarray, low: float, high: float) -> np.ndarray:
         """Rejection sampling of N(mu, std) on [low, high], per dimension (at least ~1/2 accepted per draw)."""
@@ -86,7 +94,7 @@ class TruncatedNormalNoise(ActionNoise):
         out = mu.astype(np.float64).copy()
         if std == 0:
             return out.astype(np.float32)
-        todo = np.ones(self.size, dtype=bool)
+        todo = np.ones(mu.shape[0], dtype=bool)
         for _ in range(1000):
             draw = self.rng.normal(mu[todo], std)
             ok = (draw >= low) & (draw <= high)

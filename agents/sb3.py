@@ -33,6 +33,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from amc.agents.base import Agent, EpisodeRecord, SearchCallback
+from amc.agents.vec_env import CompressionVecEnv
 from amc.envs import CompressionEnv
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
@@ -108,6 +109,12 @@ class SB3Agent(Agent):
             learning episodes (0: only once, when the warm-up ends).
         demo_budget: the demonstrations may use at most this fraction of the episodes; one that would
             exceed it (a greedy scan of a deep model in a short search) is skipped with a warning.
+        n_envs: episodes played side by side (:class:`~amc.agents.vec_env.CompressionVecEnv`) and measured
+            on as many evaluation workers; off-policy algorithms only. SB3 then collects one episode per
+            env between training phases (``train_freq`` of ``n_units`` steps) with ``updates_per_step``
+            gradient steps per collected step, as with one env; the warm-up is rounded up to a multiple
+            of ``n_envs`` episodes, and learning episodes that do not fill a last batch of ``n_envs``
+            join the noise-free exploitation phase, so the episode budget holds exactly.
     """
 
     name: ClassVar[str] = "sb3"
@@ -126,8 +133,9 @@ class SB3Agent(Agent):
         best_of: str = "all",
         reanchor_every: int = 0,
         demo_budget: float = 0.5,
+        n_envs: int = 1,
     ) -> None:
-        super().__init__(seed)
+        super().__init__(seed, n_envs)
         self.reanchor_every = int(reanchor_every)
         self.demo_budget = float(demo_budget)
         if best_of not in ("all", "learner"):
@@ -161,6 +169,8 @@ class SB3Agent(Agent):
         if self.updates_per_step <= 0:
             raise AmcError(f"agent.updates_per_step={self.updates_per_step:g} must be positive")
         self.warmup = _episode_budget(self.warmup_value, int(episodes))
+        if self.n_envs > 1:  # the warm-up ends between two batches of parallel episodes
+            self.warmup = -(-self.warmup // self.n_envs) * self.n_envs
         self.n_exploit = _episode_budget(self.exploit_value, int(episodes))
         if self.warmup + self.n_exploit >= int(episodes):
             raise AmcError(
@@ -218,18 +228,23 @@ class SB3Agent(Agent):
         from amc.agents.buffers import EpisodeRewardReplayBuffer
 
         n = env.n_units
+        # With parallel episodes SB3 needs the training frequency in steps: n_units steps = one episode per env.
         return {
             "buffer_size": buffer_episodes * n,
             "learning_starts": self.warmup * n,
             "batch_size": batch_size,
-            "train_freq": (1, "episode"),
-            "gradient_steps": max(1, int(round(self.updates_per_step * n))),
+            "train_freq": (1, "episode") if self.n_envs == 1 else (n, "step"),
+            "gradient_steps": max(1, int(round(self.updates_per_step * n * self.n_envs))),
             "replay_buffer_class": EpisodeRewardReplayBuffer,
             "replay_buffer_kwargs": buffer,
             "seed": self.seed,
             "device": self.device,
             "verbose": 0,
         }
+
+    def sb3_env(self, env: CompressionEnv) -> CompressionEnv | CompressionVecEnv:
+        """What the SB3 algorithm is given: ``env`` itself, or ``n_envs`` lockstep episodes of it."""
+        return env if self.n_envs == 1 else CompressionVecEnv(env, self.n_envs)
 
     def _zero_actor(self) -> None:
         """Zero the last linear layer of the policy's action head, so every observation maps to action 0."""
@@ -292,9 +307,12 @@ class SB3Agent(Agent):
             if self.episodes_done:  # the demonstrations' transitions are in the buffer now
                 callback.on_safe_point(self, self.episodes_done)
         learn_end = int(episodes) - self.n_exploit
-        steps = self.learn_steps((learn_end - self.episodes_done) * env.n_units)
+        learning = max(0, learn_end - self.episodes_done) // self.n_envs * self.n_envs  # whole batches
+        steps = self.learn_steps(learning * env.n_units)
         if steps > 0:
             self.model.learn(steps, callback=_Bridge(self, callback), log_interval=None, reset_num_timesteps=False)  # type: ignore[arg-type]
+        if self.n_envs > 1:
+            self._exploit_parallel(int(episodes), callback)
         while self.episodes_done < int(episodes):
             t0 = time.perf_counter()
             obs, _ = env.reset()
@@ -304,6 +322,25 @@ class SB3Agent(Agent):
                 obs, _, done, _, info = env.step(np.asarray(action, dtype=np.float32))
             self.record(info, "exploit", time.perf_counter() - t0, callback, extras=self.episode_extras("exploit"))
             callback.on_safe_point(self, self.episodes_done)
+
+    def _exploit_parallel(self, episodes: int, callback: SearchCallback) -> None:
+        """The noise-free episodes, ``n_envs`` at a time (the actor is fixed, so they are one configuration)."""
+        assert self.model is not None
+        vec = self.model.env
+        assert isinstance(vec, CompressionVecEnv)
+        while self.episodes_done < episodes:
+            n = min(self.n_envs, episodes - self.episodes_done)
+            t0 = time.perf_counter()
+            obs = vec.reset()
+            infos: list[dict[str, Any]] = []
+            for _ in range(vec.env.n_units):
+                action, _ = self.model.predict(obs, deterministic=True)
+                obs, _, _, infos = vec.step(np.asarray(action, dtype=np.float32))
+            seconds = (time.perf_counter() - t0) / n
+            for info in infos[:n]:
+                self.record(info, "exploit", seconds, callback, extras=self.episode_extras("exploit"))
+            callback.on_safe_point(self, self.episodes_done)
+        self.model._last_obs = vec.reset()  # type: ignore[assignment]
 
     def episode_extras(self, phase: str) -> dict[str, float]:
         """Agent-specific scalars logged with an episode of ``phase``."""
@@ -333,7 +370,10 @@ class SB3Agent(Agent):
             buffer.pos, buffer.full = 0, False
             if hasattr(buffer, "episode_positions"):
                 buffer.episode_positions = []
-            keep = buffer.buffer_size // env.n_units  # the newest episodes that fit
+            keep = buffer.buffer_size // env.n_units * self.n_envs  # the newest episodes that fit
+            if self.n_envs > 1:
+                self._replay_columns(env, [(Policy.from_dict(p, env.graph), r) for p, r in self.legal[-keep:]][-keep:])
+                return
             for policy, reward in self.legal[-keep:] if keep else []:
                 self._replay(env, Policy.from_dict(policy, env.graph), reward)
 
@@ -349,7 +389,8 @@ class SB3Agent(Agent):
         if self.warmup > 0 and not self.reanchored:
             return self.episodes_done >= start
         done = self.episodes_done - start
-        if self.reanchor_every <= 0 or done <= 0 or done % self.reanchor_every or not self.legal:
+        # A multiple of reanchor_every was reached by the last batch of n_envs episodes.
+        if self.reanchor_every <= 0 or done <= 0 or done % self.reanchor_every >= self.n_envs or not self.legal:
             return False
         best, _ = max(self.legal, key=lambda pr: pr[1])
         return Policy.from_dict(best, self.env.graph) != self.env.reference
@@ -386,6 +427,41 @@ class SB3Agent(Agent):
                 )
                 obs = nxt
         env.reset()
+
+    def _replay_columns(self, env: CompressionEnv, episodes: Sequence[tuple[Policy, float]]) -> None:
+        """:meth:`_replay` with ``n_envs`` buffer columns: the episodes fill the columns ``n_envs`` at a time.
+
+        Every column of a buffer row must hold a transition, so a last group smaller than ``n_envs`` is
+        filled up with the first episodes again (a few demonstration transitions are stored twice).
+        """
+        assert isinstance(self.model, OffPolicyAlgorithm)
+        buffer = self.model.replay_buffer
+        assert buffer is not None
+        if not episodes:
+            return
+        rows = []  # per episode: (obs, next_obs, actions, rewards, dones), each (n_units, ...)
+        for policy, reward in episodes:
+            actions = env.actions_for(policy.kept, policy.w_bits, policy.a_bits)
+            obs_, next_ = [], []
+            with env.unclipped():
+                obs, _ = env.reset()
+                for t in range(env.n_units):
+                    env.decide(actions[t])
+                    nxt = env.observation()
+                    obs_.append(obs)
+                    next_.append(nxt)
+                    obs = nxt
+            rewards = np.zeros(env.n_units, dtype=np.float32)
+            rewards[-1] = reward
+            dones = np.zeros(env.n_units, dtype=bool)
+            dones[-1] = True
+            rows.append((np.stack(obs_), np.stack(next_), actions, rewards, dones))
+        env.reset()
+        n = self.n_envs
+        for start in range(0, len(rows), n):
+            group = [rows[(start + j) % len(rows)] for j in range(n)]
+            for t in range(env.n_units):
+                buffer.add(*(np.stack([g[k][t] for g in group]) for k in range(5)), [{} for _ in range(n)])
 
     def train_metrics(self) -> dict[str, float]:
         assert self.model is not None
@@ -467,7 +543,7 @@ class SB3Agent(Agent):
         # Reset now (this reseeds the env once, as SB3's first reset does) so that learn() does not
         # reset again after the caller restores the environment's generators.
         self.model._last_obs = self.model.env.reset()  # type: ignore[union-attr,assignment]
-        self.model._last_episode_starts = np.ones((1,), dtype=bool)
+        self.model._last_episode_starts = np.ones((self.n_envs,), dtype=bool)
 
 
 class _Bridge(BaseCallback):
@@ -489,16 +565,18 @@ class _Bridge(BaseCallback):
         self._t0 = time.perf_counter()
 
     def _on_step(self) -> bool:
-        if bool(self.locals["dones"][0]):
-            info = self.locals["infos"][0]
-            phase = self.agent.phase()
-            self.agent.record(
-                info,
-                phase,
-                time.perf_counter() - self._t0,
-                self.search_callback,
-                extras=self.agent.episode_extras(phase),
-            )
+        ended = np.flatnonzero(self.locals["dones"])  # every env's episode ends at the same step
+        if len(ended):
+            seconds = (time.perf_counter() - self._t0) / len(ended)
+            for i in ended:  # in env order
+                phase = self.agent.phase()
+                self.agent.record(
+                    self.locals["infos"][i],
+                    phase,
+                    seconds,
+                    self.search_callback,
+                    extras=self.agent.episode_extras(phase),
+                )
             self._pending = True
             self._t0 = time.perf_counter()
         return True
@@ -559,7 +637,7 @@ class SACAgent(SB3Agent):
 
         return SAC(
             "MlpPolicy",
-            env,
+            self.sb3_env(env),
             learning_rate=self.learning_rate,
             tau=self.tau,
             gamma=self.gamma,
@@ -631,6 +709,11 @@ class PPOAgent(SB3Agent):
             raise AmcError(f"agent.episodes_per_rollout={self.episodes_per_rollout} must be >= 1")
         if self.warmup:
             raise AmcError("PPO has no warm-up phase (it learns on-policy from the start); set agent.warmup=0")
+        if self.n_envs > 1:
+            raise AmcError(
+                f"agent.n_envs={self.n_envs} is for the off-policy agents (ddpg, td3, sac) and the baselines; "
+                "set agent.n_envs=1 for ppo"
+            )
 
     def learn_steps(self, steps: int) -> int:
         """Whole rollouts only: SB3's PPO finishes the rollout it started, which would eat exploitation episodes."""

@@ -52,6 +52,7 @@ import numpy as np
 import torch
 from amc.envs.budget import METRICS, BudgetWall, CostEvaluator, HardwareCostFn
 from amc.envs.features import FeatureBuilder
+from amc.envs.pool import EvaluationPool, measure_accuracy
 
 from amc.compress import Compressor, Policy
 from amc.cost import FP32, CostModel
@@ -88,6 +89,11 @@ def bit_levels(min_bits: int, max_bits: int, allow_fp32: bool = False) -> list[i
             f"use min_bits >= 2 (e.g. [2, {max(max_bits, 2)}])"
         )
     return list(range(min_bits, max_bits + 1)) + ([FP32] if allow_fp32 else [])
+
+
+def policy_key(policy: Policy) -> tuple[tuple[int, ...], ...]:
+    """The cache key of a configuration (kept channels, weight bits, activation bits)."""
+    return (tuple(policy.kept), tuple(policy.w_bits), tuple(policy.a_bits))
 
 
 def action_to_level(a: float, n: int) -> int:
@@ -187,6 +193,7 @@ class CompressionEnv(gym.Env):
         self.eval_cache = int(eval_cache)
         self._accuracies: OrderedDict[tuple[tuple[int, ...], ...], float] = OrderedDict()
         self.cache_hits = 0
+        self.pool: EvaluationPool | None = None  # open inside parallel(): evaluate_many measures there
         if nonfinite not in ("skip", "fail"):
             raise AmcError(f"nonfinite={nonfinite!r} is not an option; use skip (log and continue) or fail")
         for key, value, options in (
@@ -706,22 +713,106 @@ class CompressionEnv(gym.Env):
             timing: seconds per phase are added to it (and returned as ``info["timing"]``).
         """
         timing = timing if timing is not None else {}
-        key = (tuple(policy.kept), tuple(policy.w_bits), tuple(policy.a_bits))
+        key = policy_key(policy)
         cached = key in self._accuracies
         if cached:
             self._accuracies.move_to_end(key)
             acc = self._accuracies[key]
             self.cache_hits += 1
         else:
-            model = self.compressor.apply(policy, timing)
-            t = time.perf_counter()
-            acc = self._evaluate(model)
-            timing["evaluation"] = time.perf_counter() - t
-            del model  # before the costs below: the next episode's copy need not coexist with this one
-            if self.eval_cache:
-                self._accuracies[key] = acc
-                if len(self._accuracies) > self.eval_cache:
-                    self._accuracies.popitem(last=False)
+            # The model is not kept: the next episode's copy need not coexist with this one.
+            acc = measure_accuracy(
+                self.compressor, policy, self.search_x, self.search_y, self.eval_batch_size, self.device, timing
+            )
+            self._remember(key, acc)
+        return self.score(policy, acc, cached, timing)
+
+    def _remember(self, key: tuple[tuple[int, ...], ...], acc: float) -> None:
+        if self.eval_cache:
+            self._accuracies[key] = acc
+            if len(self._accuracies) > self.eval_cache:
+                self._accuracies.popitem(last=False)
+
+    def evaluate_many(
+        self, policies: Sequence[Policy], timings: Sequence[dict[str, float]] | None = None
+    ) -> list[dict[str, Any]]:
+        """:meth:`evaluate` every policy, in order, with the open :meth:`parallel` workers measuring them at once.
+
+        The result equals ``[self.evaluate(p) for p in policies]`` exactly (infos, ``cached`` flags, the
+        cache's contents and order): the configurations the cache would not answer in that sequence are
+        measured in parallel first (each distinct one once), then the sequence is replayed through the
+        cache in order. Without workers it is that loop.
+
+        Args:
+            policies: the configurations.
+            timings: one dict of phase seconds per policy (added to, as in :meth:`evaluate`).
+        """
+        timings = [dict(t) for t in timings] if timings is not None else [{} for _ in policies]
+        if self.pool is None or len(policies) < 2:
+            return [self.evaluate(p, t) for p, t in zip(policies, timings)]
+        keys = [policy_key(p) for p in policies]
+        # Measure each distinct configuration the cache does not hold now; one it holds now keeps its value
+        # even if the inserts before its turn evict it (the sequential loop would measure the same number).
+        known = {key: self._accuracies[key] for key in keys if key in self._accuracies}
+        todo = {key: p for key, p in zip(keys, policies) if key not in known}
+        measured = dict(zip(todo, self.pool.accuracies(list(todo.values()))))
+        out = []
+        for policy, key, timing in zip(policies, keys, timings):
+            cached = key in self._accuracies
+            if cached:
+                self._accuracies.move_to_end(key)
+                acc = self._accuracies[key]
+                self.cache_hits += 1
+            else:
+                if key in measured:
+                    acc, phases = measured.pop(key)
+                    timing.update(phases)
+                    known[key] = acc
+                else:
+                    acc = known[key]
+                self._remember(key, acc)
+            out.append(self.score(policy, acc, cached, timing))
+        return out
+
+    @contextlib.contextmanager
+    def parallel(self, n: int, threads: int | None = None) -> Iterator[None]:
+        """Within this block :meth:`evaluate_many` measures with ``n`` worker processes (``n <= 1``: none).
+
+        Opens an :class:`~amc.envs.pool.EvaluationPool` on this environment's compressor, search split and
+        device, and closes it at the end of the block (an error included). A block inside another one
+        reuses the outer pool.
+
+        Args:
+            n: number of workers (``agent.n_envs``).
+            threads: torch threads per worker (default: this process's, i.e. the run's ``threads``).
+        """
+        if int(n) <= 1 or self.pool is not None:
+            yield
+            return
+        threads = torch.get_num_threads() if threads is None else int(threads)
+        with EvaluationPool(
+            self.compressor, (self.search_x, self.search_y), int(n), self.eval_batch_size, self.device, threads
+        ) as pool:
+            self.pool = pool
+            try:
+                yield
+            finally:
+                self.pool = None
+
+    @property
+    def workers(self) -> int:
+        """Policies :meth:`evaluate_many` measures at once (1 without :meth:`parallel` workers)."""
+        return 1 if self.pool is None else self.pool.n
+
+    def score(self, policy: Policy, acc: float, cached: bool, timing: dict[str, float]) -> dict[str, Any]:
+        """The end-of-episode ``info`` of ``policy`` measured at accuracy ``acc``: costs, ratios, budgets, reward.
+
+        Args:
+            policy: the configuration.
+            acc: its search accuracy (NaN: the compressed model gave NaN/inf outputs, see ``nonfinite``).
+            cached: whether the accuracy came from the cache.
+            timing: phase seconds (returned as ``info["timing"]``).
+        """
         metrics = self.evaluator.metrics(policy.kept, policy.w_bits, policy.a_bits)
         info: dict[str, Any] = {"accuracy": acc, "dense_accuracy": self.dense_accuracy, "cached": cached}
         for name, value in metrics.items():
@@ -746,6 +837,44 @@ class CompressionEnv(gym.Env):
         info["timing"] = timing
         return info
 
+    # --- episodes played side by side (agent.n_envs) -------------------------------------------
+    def episode_state(self) -> dict[str, Any]:
+        """The current episode's state (step, decisions so far): what differs between parallel episodes."""
+        return {
+            "t": self._t,
+            "kept": self.kept.copy(),
+            "w": self.w.copy(),
+            "a": self.a.copy(),
+            "ratio_actions": self.ratio_actions.copy(),
+            "prev": self._prev,
+            "wall_seconds": self._wall_seconds,
+        }
+
+    def load_episode_state(self, state: Mapping[str, Any]) -> None:
+        """Continue the episode :meth:`episode_state` returned (everything else stays shared)."""
+        self._t = int(state["t"])
+        self.kept, self.w, self.a = state["kept"].copy(), state["w"].copy(), state["a"].copy()
+        self.ratio_actions = state["ratio_actions"].copy()
+        self._prev = state["prev"]
+        self._wall_seconds = float(state["wall_seconds"])
+
+    def finish_many(self, states: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """The end-of-episode infos of finished episodes (:meth:`episode_state` after their last step), in order.
+
+        What :meth:`step` returns at the last unit for each, with the policies measured together
+        (:meth:`evaluate_many`).
+
+        Args:
+            states: the finished episodes' states.
+        """
+        policies = [
+            Policy([int(k) for k in s["kept"]], [int(b) for b in s["w"]], [int(b) for b in s["a"]]) for s in states
+        ]
+        infos = self.evaluate_many(policies, [{"wall_and_features": float(s["wall_seconds"])} for s in states])
+        for info, s in zip(infos, states):
+            info["actions"] = self.actions_for(s["kept"], s["w"], s["a"])
+        return infos
+
 
 __all__ = [
     "LEVEL_SETS",
@@ -759,6 +888,7 @@ __all__ = [
     "anchored_position",
     "bit_levels",
     "level_action",
+    "policy_key",
 ]
 
 
