@@ -336,7 +336,9 @@ class Checkpointer(SearchCallback):
         self.saved = agent.episodes_done
 
     def on_safe_point(self, agent: Agent, episodes_done: int) -> None:
-        if episodes_done % self.every == 0 or episodes_done >= self.total:
+        # Parallel episodes (agent.n_envs) reach safe points a batch at a time: save when one passed a multiple.
+        crossed = episodes_done // self.every > self.saved // self.every
+        if episodes_done % self.every == 0 or episodes_done >= self.total or crossed:
             self.save(agent, episodes_done)
 
     def on_search_end(self, agent: Agent, result: SearchResult) -> None:

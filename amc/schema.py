@@ -168,6 +168,7 @@ SCHEMAS: dict[str, dict[str, Rule]] = {
         "callbacks.image_every": Int(1),
         "callbacks.progress_bar": BOOL,
         "callbacks.test_best": BOOL,
+        "agent.n_envs": Int(1, fix="agent.n_envs=N with N >= 1 (episodes evaluated in parallel, one process each)"),
     },
     "finetune": {
         **RUN,

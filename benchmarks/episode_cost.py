@@ -14,8 +14,10 @@ random pixels to a temporary folder: the cost does not depend on the pixels). Mo
 cost does not depend on the weights either), so no baseline is needed. The evaluation cache is off.
 
 ``workers`` runs the uniform-random baseline search (the same episodes a search runs, without a learner)
-with ``agent.n_envs`` = 1, 2, 4 and prints episodes per second and the ratio to one worker, with the
-machine's load average.
+and DDPG (random warm-up, then learning) with ``agent.n_envs`` = 1, 2, 4 on fmnist_cnn (joint mode, 50%
+BitOps, evaluation cache off so every episode is measured) and prints episodes per second and the ratio
+to one worker, with the machine's load average before and after. The workers' start (once per search)
+is timed apart from the episodes.
 
 ``memory`` runs ``python -m amc.train`` (DDPG, prune mode, fmnist_cnn, the cached baseline) as a
 subprocess for 400 episodes and reads its resident memory from ``/proc``: the peak after 20 episodes
@@ -124,6 +126,42 @@ def phases(args: argparse.Namespace) -> None:
                     )
 
 
+def search_rate(agent_name: str, n: int, args: argparse.Namespace) -> tuple[float, float]:
+    """(episodes per second, seconds to start the workers) of one search with ``n_envs=n``."""
+    from amc.agents import DDPGAgent, RandomSearch
+
+    data = FashionMNIST(root=fmnist_root(), search_size=args.split)
+    torch.manual_seed(0)
+    model = build_model("fmnist_cnn", num_classes=10, in_channels=data.in_channels)
+    env = make_env(model, data, budgets={"bitops": 0.5}, mode="joint", seed=0, eval_cache=0)
+    if agent_name == "random":
+        agent = RandomSearch(seed=0, n_envs=n)
+    else:
+        agent = DDPGAgent(warmup=0.25, exploit=0, seed=0, n_envs=n)
+    t0 = time.perf_counter()
+    with env.parallel(n):  # the search below reuses these workers
+        started = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        agent.search(env, args.episodes)
+        seconds = time.perf_counter() - t0
+    return args.episodes / seconds, started
+
+
+def workers(args: argparse.Namespace) -> None:
+    print(
+        f"episodes={args.episodes} split={args.split} threads per worker={torch.get_num_threads()} "
+        f"cpus={os.cpu_count()} load before={' '.join(f'{v:.2f}' for v in os.getloadavg())}"
+    )
+    print(f"{'agent':<8}{'n_envs':>7}{'episodes/s':>12}{'ratio':>7}{'start s':>9}")
+    for agent_name in args.agents.split(","):
+        base = None
+        for n in (int(v) for v in args.n_envs.split(",")):
+            rate, started = search_rate(agent_name, n, args)
+            base = rate if base is None else base
+            print(f"{agent_name:<8}{n:>7}{rate:>12.3f}{rate / base:>7.2f}{started:>9.2f}", flush=True)
+    print(f"load after={' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="part", required=True)
@@ -133,9 +171,15 @@ def main() -> None:
     p.add_argument("--splits", default="512,5000")
     p.add_argument("--modes", default="prune,quantize,joint")
     p.add_argument("--threads", type=int, default=1)
+    w = sub.add_parser("workers", help="episodes per second with agent.n_envs workers, and the ratio to one")
+    w.add_argument("--episodes", type=int, default=24, help="per search (a multiple of every n_envs)")
+    w.add_argument("--split", type=int, default=5000, help="search-split images")
+    w.add_argument("--agents", default="random,ddpg")
+    w.add_argument("--n-envs", default="1,2,4")
+    w.add_argument("--threads", type=int, default=1, help="torch threads of each worker (and of the main process)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    {"phases": phases}[args.part](args)
+    {"phases": phases, "workers": workers}[args.part](args)
 
 
 if __name__ == "__main__":

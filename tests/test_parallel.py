@@ -187,3 +187,20 @@ def test_ddpg_n_envs_resumes_after_sigkill(tmp_path: Path) -> None:
     _, err = resumed.communicate(timeout=120)
     assert resumed.returncode == 0, err[-2000:]
     assert _rows(json.loads((run / "episodes.json").read_text())) == _rows(straight)
+
+
+def test_n_envs_is_checked_with_the_config_and_by_the_agents() -> None:
+    from hydra import compose, initialize_config_module
+
+    from amc.schema import check_config
+
+    with initialize_config_module(config_module="amc.conf", version_base="1.3"):
+        cfg = compose("train", overrides=["agent=random", "agent.n_envs=0", "output_dir=unused"])
+    with pytest.raises(AmcError, match=r"^agent\.n_envs=0 must be positive; set agent\.n_envs=N with N >= 1"):
+        check_config(cfg, "train")
+    with pytest.raises(AmcError, match=r"^agent\.n_envs=0 must be >= 1"):
+        RandomSearch(n_envs=0).validate(4)
+    from amc.agents import PPOAgent
+
+    with pytest.raises(AmcError, match=r"^agent\.n_envs=2 is for the off-policy agents"):
+        PPOAgent(warmup=0, n_envs=2).validate(10)
