@@ -118,9 +118,13 @@ def _worker(conn: Connection, threads: int, device: str) -> None:
         try:
             timing: dict[str, float] = {}
             acc = measure_accuracy(compressor, message, search_x, search_y, batch_size, dev, timing)
-            conn.send(("ok", (acc, timing)))
-        except BaseException as exc:  # noqa: BLE001
-            conn.send(("error", f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"))
+            reply: tuple[str, Any] = ("ok", (acc, timing))
+        except Exception as exc:  # noqa: BLE001
+            reply = ("error", f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
+        try:
+            conn.send(reply)
+        except OSError:  # the search's process is gone
+            return
 
 
 def _context() -> Any:
