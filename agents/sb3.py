@@ -372,7 +372,8 @@ class SB3Agent(Agent):
                 buffer.episode_positions = []
             keep = buffer.buffer_size // env.n_units * self.n_envs  # the newest episodes that fit
             if self.n_envs > 1:
-                self._replay_columns(env, [(Policy.from_dict(p, env.graph), r) for p, r in self.legal[-keep:]][-keep:])
+                newest = self.legal[-keep:] if keep else []
+                self._replay_columns(env, [(Policy.from_dict(p, env.graph), r) for p, r in newest])
                 return
             for policy, reward in self.legal[-keep:] if keep else []:
                 self._replay(env, Policy.from_dict(policy, env.graph), reward)
