@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -162,6 +164,57 @@ def workers(args: argparse.Namespace) -> None:
     print(f"load after={' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 
+def _status_kib(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    raise KeyError(key)
+
+
+def memory(args: argparse.Namespace) -> None:
+    """Peak resident memory of ``python -m amc.train`` after ``--early`` episodes and at the end."""
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Path(tmp) / "run"
+        cmd = [
+            sys.executable,
+            "-m",
+            "amc.train",
+            f"model={args.model}",
+            "env=prune",
+            "budgets.latency=null",
+            "budgets.macs=0.5",
+            f"episodes={args.episodes}",
+            f"data.root={fmnist_root()}",
+            "callbacks.progress_bar=false",
+            "callbacks.test_best=false",
+            f"hydra.run.dir={run}",
+            *args.overrides,
+        ]
+        print(" ".join(cmd[1:]), flush=True)
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        early = None
+        samples: list[tuple[int, int]] = []
+        while proc.poll() is None:
+            time.sleep(0.5)
+            log = run / "episodes.csv"
+            done = max(0, len(log.read_text().splitlines()) - 1) if log.exists() else 0
+            try:
+                hwm, rss = _status_kib(proc.pid, "VmHWM"), _status_kib(proc.pid, "VmRSS")
+            except (OSError, KeyError):
+                break
+            samples.append((done, rss))
+            if early is None and done >= args.early:
+                early = hwm
+        err = proc.communicate()[1]
+        if proc.returncode:
+            raise SystemExit(f"the search failed ({proc.returncode}): {err.strip().splitlines()[-1:]}")
+    peak = max(r for _, r in samples)
+    at_early = max((r for d, r in samples if d <= args.early), default=0)
+    print(f"episodes={args.episodes} model={args.model} mode=prune load={os.getloadavg()[0]:.2f}")
+    print(f"peak RSS up to episode {args.early}: {at_early / 1024:.0f} MiB (VmHWM {early and early / 1024:.0f} MiB)")
+    print(f"peak RSS over the whole search: {peak / 1024:.0f} MiB; ratio {peak / max(at_early, 1):.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="part", required=True)
@@ -177,9 +230,14 @@ def main() -> None:
     w.add_argument("--agents", default="random,ddpg")
     w.add_argument("--n-envs", default="1,2,4")
     w.add_argument("--threads", type=int, default=1, help="torch threads of each worker (and of the main process)")
+    m = sub.add_parser("memory", help="peak RSS of a prune search after --early episodes and at the end")
+    m.add_argument("--episodes", type=int, default=400)
+    m.add_argument("--early", type=int, default=20)
+    m.add_argument("--model", default="fmnist_cnn")
+    m.add_argument("overrides", nargs="*", help="more amc.train overrides (e.g. agent=random)")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    {"phases": phases, "workers": workers}[args.part](args)
+    torch.set_num_threads(getattr(args, "threads", 1))
+    {"phases": phases, "workers": workers, "memory": memory}[args.part](args)
 
 
 if __name__ == "__main__":
