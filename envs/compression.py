@@ -144,7 +144,8 @@ class CompressionEnv(gym.Env):
         a_bits: (min, max) activation bits.
         allow_fp32: let quantization actions choose float32 as the top level.
         channel_multiple: round kept channels to this multiple (e.g. the accelerator's array width).
-        eval_batch_size: batch size of the search-split evaluation.
+        eval_batch_size: batch size of the search-split evaluation (256: on CPU, fmnist_cnn episodes ran 20-25%
+            faster than with 1,000 and the transient activations are 4x smaller; a GPU may prefer more).
         device: where the compressed model is evaluated.
         dense_accuracy: the baseline's search accuracy (measured at construction when omitted).
         nonfinite: what an episode whose compressed model outputs NaN/inf does: ``skip`` (logged, reward 0,
@@ -176,7 +177,7 @@ class CompressionEnv(gym.Env):
         a_bits: Sequence[int] = (2, 8),
         allow_fp32: bool = False,
         channel_multiple: int = 1,
-        eval_batch_size: int = 1000,
+        eval_batch_size: int = 256,
         device: str | torch.device = "cpu",
         dense_accuracy: float | None = None,
         nonfinite: str = "skip",
