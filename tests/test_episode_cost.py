@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import platform
+from pathlib import Path
+
 import numpy as np
 import pytest
+import torch
 from test_env import make_small_env
 
 from amc.errors import AmcError
+from amc.utils import release_freed_memory
 
 
 def _random_policies(env, n: int, seed: int = 0) -> list:
@@ -53,3 +58,27 @@ def test_the_cache_forgets_the_least_recently_used_configuration() -> None:
 def test_negative_cache_size_is_refused() -> None:
     with pytest.raises(AmcError, match=r"env.eval_cache=-1 is negative"):
         make_small_env("joint", eval_cache=-1)
+
+
+def _rss_mib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) // 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists() or platform.libc_ver()[0] != "glibc", reason="glibc")
+def test_freed_heap_goes_back_to_the_system() -> None:
+    # The episode pattern: after glibc raised its mmap threshold, large tensors of varying sizes come from
+    # the heap, and small live blocks between them keep the freed space from being trimmed at the top.
+    big = torch.ones(6 * 2**20)
+    del big
+    held, keep = [], []
+    for i in range(16):
+        held.append(torch.ones(4 * 2**20 + i))  # ~16 MiB each
+        keep.append(torch.ones(256))
+    del held
+    before = _rss_mib()
+    assert release_freed_memory()
+    assert before - _rss_mib() > 128, "the ~256 MiB freed were not returned"
+    assert len(keep) == 16
