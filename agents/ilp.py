@@ -9,7 +9,6 @@ from collections.abc import Sequence
 import numpy as np
 from amc.agents.baselines import GreedySearch
 from amc.envs import CompressionEnv
-from scipy.optimize import Bounds, LinearConstraint, milp
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +134,8 @@ class ILPSearch(GreedySearch):
                 c = c + saved * (self.tie_break / worst)
         one_each = np.zeros((len(blocks), len(columns)))
         one_each[block_of, np.arange(len(columns))] = 1.0
+        from scipy.optimize import Bounds, LinearConstraint, milp  # here: 0.2 s off every command's start
+
 
         def solve(cap: np.ndarray) -> tuple[list[int], float, np.ndarray] | None:
             """Levels, objective and approximate cost per budget of the optimum under ``cap`` (None: none fits)."""
