@@ -74,14 +74,25 @@ def data_for(workload: str, split: int, tmp: Path):  # noqa: ANN201
     return FashionMNIST(root=fmnist_root(), search_size=split)
 
 
-def bench(workload: str, split: int, mode: str, episodes: int, tmp: Path) -> dict[str, float]:
+def bench(
+    workload: str, split: int, mode: str, episodes: int, tmp: Path, calibration: int = 4, reconstruction: bool = False
+) -> dict[str, float]:
     """Seconds per phase, per episode and of one forward pass, for one model, split and mode."""
     name = workload.split("@")[0]
     data = data_for(workload, split, tmp)
     torch.manual_seed(0)
     model = build_model(name, num_classes=10, in_channels=data.in_channels)
     budgets = {"macs": 0.5} if mode == "prune" else {"bitops": 0.5}
-    env = make_env(model, data, budgets=budgets, mode=mode, seed=0, eval_cache=0)
+    env = make_env(
+        model,
+        data,
+        budgets=budgets,
+        mode=mode,
+        seed=0,
+        eval_cache=0,
+        calibration_batches=calibration,
+        reconstruction=reconstruction,
+    )
     rng = np.random.default_rng(0)
     phases: dict[str, float] = {}
     total = 0.0
@@ -112,14 +123,20 @@ def bench(workload: str, split: int, mode: str, episodes: int, tmp: Path) -> dic
 
 def phases(args: argparse.Namespace) -> None:
     cols = [*PHASES, "wall_and_features", "other"]
-    print(f"episodes={args.episodes} threads={torch.get_num_threads()} load={os.getloadavg()[0]:.2f}")
+    print(
+        f"episodes={args.episodes} threads={torch.get_num_threads()} calibration={args.calibration_batches}x128 "
+        f"reconstruction={'on' if args.reconstruction else 'off'} "
+        f"load={os.getloadavg()[0]:.2f}"
+    )
     head = f"{'model':<14}{'mode':<9}{'split':>6}" + "".join(f"{c[:10]:>11}" for c in cols)
     print(head + f"{'episode s':>10}{'forward s':>10}{'ratio':>7}")
     with tempfile.TemporaryDirectory() as tmp:
         for workload in args.models.split(","):
             for split in (int(s) for s in args.splits.split(",")):
                 for mode in args.modes.split(","):
-                    r = bench(workload, split, mode, args.episodes, Path(tmp))
+                    r = bench(
+                        workload, split, mode, args.episodes, Path(tmp), args.calibration_batches, args.reconstruction
+                    )
                     print(
                         f"{workload:<14}{mode:<9}{split:>6}"
                         + "".join(f"{r.get(c, 0.0):>11.4f}" for c in cols)
@@ -224,6 +241,8 @@ def main() -> None:
     p.add_argument("--splits", default="512,5000")
     p.add_argument("--modes", default="prune,quantize,joint")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--calibration-batches", type=int, default=4, help="env.calibration_batches (of 128 images)")
+    p.add_argument("--reconstruction", action="store_true", help="AMC's least-squares reconstruction on")
     w = sub.add_parser("workers", help="episodes per second with agent.n_envs workers, and the ratio to one")
     w.add_argument("--episodes", type=int, default=24, help="per search (a multiple of every n_envs)")
     w.add_argument("--split", type=int, default=5000, help="search-split images")
