@@ -244,7 +244,7 @@ def main() -> None:
     p.add_argument("--calibration-batches", type=int, default=4, help="env.calibration_batches (of 128 images)")
     p.add_argument("--reconstruction", action="store_true", help="AMC's least-squares reconstruction on")
     w = sub.add_parser("workers", help="episodes per second with agent.n_envs workers, and the ratio to one")
-    w.add_argument("--episodes", type=int, default=24, help="per search (a multiple of every n_envs)")
+    w.add_argument("--episodes", type=int, default=48, help="per search (a multiple of every n_envs)")
     w.add_argument("--split", type=int, default=5000, help="search-split images")
     w.add_argument("--agents", default="random,ddpg")
     w.add_argument("--n-envs", default="1,2,4")
