@@ -462,7 +462,8 @@ class SB3Agent(Agent):
         for start in range(0, len(rows), n):
             group = [rows[(start + j) % len(rows)] for j in range(n)]
             for t in range(env.n_units):
-                buffer.add(*(np.stack([g[k][t] for g in group]) for k in range(5)), [{} for _ in range(n)])
+                obs, nxt, act, rew, done = (np.stack([g[k][t] for g in group]) for k in range(5))
+                buffer.add(obs, nxt, act, rew, done, [{} for _ in range(n)])
 
     def train_metrics(self) -> dict[str, float]:
         assert self.model is not None

@@ -121,20 +121,30 @@ class SharedScheduleNoise(VectorizedActionNoise):
 
     def __init__(self, base: TruncatedNormalNoise) -> None:  # no super().__init__: it would copy ``base``
         self.base_noise = base
+        self.schedule = base
         self.n_envs = base.n_envs
+        self._drawn = np.zeros(self.n_envs, dtype=bool)  # per env: its current episode drew noise
 
     def __call__(self) -> np.ndarray:
-        return self.base_noise()
+        out = self.schedule()
+        if self.schedule.drawn:
+            self._drawn[:] = True
+        return out
 
     def reset(self, indices: Iterable[int] | None = None) -> None:
-        """End of the episodes ``indices`` (``None``: SB3's call at the start of ``learn()``, one reset)."""
-        drawn = self.base_noise.drawn
-        for _ in range(1 if indices is None else len(list(indices))):
-            self.base_noise.drawn = drawn
-            self.base_noise.reset()
+        """End of the episodes ``indices`` (``None``: SB3's call at the start of ``learn()``).
+
+        SB3 calls this once per finished env; each decays sigma once if its episode drew noise.
+        """
+        for i in range(self.n_envs) if indices is None else indices:
+            if self._drawn[i]:
+                self.schedule.drawn = True
+                self.schedule.reset()
+                self._drawn[i] = False
+        self.schedule.drawn = bool(self._drawn.any())
 
     def __repr__(self) -> str:
-        return f"SharedScheduleNoise({self.base_noise!r}, n_envs={self.n_envs})"
+        return f"SharedScheduleNoise({self.schedule!r}, n_envs={self.n_envs})"
 
 
 __all__ = ["CompressionVecEnv", "SharedScheduleNoise"]

@@ -204,3 +204,18 @@ def test_n_envs_is_checked_with_the_config_and_by_the_agents() -> None:
 
     with pytest.raises(AmcError, match=r"^agent\.n_envs=2 is for the off-policy agents"):
         PPOAgent(warmup=0, n_envs=2).validate(10)
+
+
+def test_one_noise_schedule_for_parallel_episodes() -> None:
+    from amc.agents import TruncatedNormalNoise
+    from amc.agents.vec_env import SharedScheduleNoise
+
+    noise = SharedScheduleNoise(TruncatedNormalNoise(3, sigma=0.4, decay=0.5, warmup_steps=4, seed=0, n_envs=2))
+    assert np.array_equal(noise(), np.zeros((2, 3))) and np.array_equal(noise(), np.zeros((2, 3)))  # 4 env steps
+    draw = noise()
+    assert draw.shape == (2, 3) and not np.array_equal(draw[0], draw[1])  # one generator, a draw per env
+    noise.reset(indices=[0])
+    noise.reset(indices=[1])  # SB3 resets each finished env: both episodes drew noise, so sigma decays twice
+    assert noise.schedule.sigma == pytest.approx(0.1)
+    noise.reset()  # learn()'s own call after an episode without noise decays nothing
+    assert noise.schedule.sigma == pytest.approx(0.1)
