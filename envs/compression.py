@@ -34,7 +34,9 @@ Three choices shape the problem the agent is given (each a constructor argument 
 
 Budgets always hold exactly for the configuration that is evaluated. At the last step the policy is
 applied (:class:`amc.compress.Compressor`), the compressed model is evaluated on the search split, and
-the reward function turns the metrics into the reward.
+the reward function turns the metrics into the reward. Inside :meth:`CompressionEnv.parallel`
+(``agent.n_envs``), :meth:`CompressionEnv.evaluate_many` measures several finished episodes' policies
+at once in worker processes (:mod:`amc.envs.pool`); the decisions, the cache and the rewards stay here.
 """
 
 from __future__ import annotations
