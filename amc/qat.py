@@ -16,7 +16,7 @@ from torch.nn.utils import parametrize
 from amc.cost import FP32
 from amc.export import activation_quantizers
 from amc.graph import ModelGraph
-from amc.quantize import quantize_weight
+from amc.quantize import calibrate_ranges, quantize_weight
 
 
 class WeightFakeQuant(nn.Module):
@@ -70,12 +70,5 @@ def calibrate_activations(model: nn.Module, batches: list[torch.Tensor]) -> None
     if not qs:
         return
     for q in qs:
-        q.max_abs, q.signed, q.calibrating = 0.0, False, True
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        for x in batches:
-            model(x)
-    model.train(was_training)
-    for q in qs:
-        q.calibrating = False
+        q.max_abs, q.signed = 0.0, False
+    calibrate_ranges(model, qs, batches)

@@ -139,12 +139,27 @@ def quantize_model(
             q = ActivationQuantizer(int(ab))
             hooks.append((q, modules[name].register_forward_pre_hook(q)))
     if hooks:
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
-            for x in calibration:
-                model(x)
-        model.train(was_training)
-        for q, _ in hooks:
-            q.calibrating = False
+        calibrate_ranges(model, [q for q, _ in hooks], calibration)
     return [h for _, h in hooks]
+
+
+def calibrate_ranges(
+    model: nn.Module, quantizers: Sequence[ActivationQuantizer], batches: Sequence[torch.Tensor]
+) -> None:
+    """Measure the ranges of ``quantizers`` (attached to ``model``) on ``batches`` in eval mode, then freeze them.
+
+    Args:
+        model: the model the quantizers hook into (its train/eval mode is restored).
+        quantizers: the activation quantizers, observing from now until the end of the pass.
+        batches: input batches.
+    """
+    for q in quantizers:
+        q.calibrating = True
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for x in batches:
+            model(x)
+    model.train(was_training)
+    for q in quantizers:
+        q.calibrating = False

@@ -717,18 +717,23 @@ class CompressionEnv(gym.Env):
         """
         timing = timing if timing is not None else {}
         key = policy_key(policy)
-        cached = key in self._accuracies
-        if cached:
-            self._accuracies.move_to_end(key)
-            acc = self._accuracies[key]
-            self.cache_hits += 1
-        else:
+        acc = self._recall(key)
+        cached = acc is not None
+        if acc is None:
             # The model is not kept: the next episode's copy need not coexist with this one.
             acc = measure_accuracy(
                 self.compressor, policy, self.search_x, self.search_y, self.eval_batch_size, self.device, timing
             )
             self._remember(key, acc)
         return self.score(policy, acc, cached, timing)
+
+    def _recall(self, key: tuple[tuple[int, ...], ...]) -> float | None:
+        """The cached accuracy of a configuration (now the most recently used), or ``None``."""
+        if key not in self._accuracies:
+            return None
+        self._accuracies.move_to_end(key)
+        self.cache_hits += 1
+        return self._accuracies[key]
 
     def _remember(self, key: tuple[tuple[int, ...], ...], acc: float) -> None:
         if self.eval_cache:
@@ -761,12 +766,9 @@ class CompressionEnv(gym.Env):
         measured = dict(zip(todo, self.pool.accuracies(list(todo.values()))))
         out = []
         for policy, key, timing in zip(policies, keys, timings):
-            cached = key in self._accuracies
-            if cached:
-                self._accuracies.move_to_end(key)
-                acc = self._accuracies[key]
-                self.cache_hits += 1
-            else:
+            acc = self._recall(key)
+            cached = acc is not None
+            if acc is None:
                 if key in measured:
                     acc, phases = measured.pop(key)
                     timing.update(phases)
