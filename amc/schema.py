@@ -149,6 +149,8 @@ ENV = {
     "env.eval_batch_size": Int(1),
     "env.nonfinite": Choice("skip", "fail"),
     "env.eval_cache": Int(0, fix="{key}=N with N >= 0 (0: off; configurations whose accuracy is remembered)"),
+    "env.finetune_batches": Int(0, fix="{key}=N with N >= 0 (0: off; labelled batches fine-tuned on per episode)"),
+    "env.finetune_lr": Float(0, low_open=True),
     **{f"env.{k}": r for k, r in COMPRESSOR.items()},
 }
 

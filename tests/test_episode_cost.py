@@ -82,3 +82,21 @@ def test_freed_heap_goes_back_to_the_system() -> None:
     assert release_freed_memory()
     assert before - _rss_mib() > 128, "the ~256 MiB freed were not returned"
     assert len(keep) == 16
+
+
+def test_env_finetune_batches_from_the_config_reach_the_compressor(tmp_path: Path) -> None:
+    from hydra import compose, initialize_config_module
+    from hydra.utils import instantiate
+    from test_pretrain import make_fmnist, tiny_data_args
+
+    from amc.models import build_model
+    from amc.train import build_env
+
+    make_fmnist(tmp_path / "fm", n_train=300, n_test=50)
+    with initialize_config_module(config_module="amc.conf", version_base="1.3"):
+        cfg = compose("train", overrides=[*tiny_data_args(tmp_path), "env.finetune_batches=2", "env.finetune_lr=0.05"])
+    data = instantiate(cfg.data)
+    env = build_env(cfg, build_model("fmnist_cnn", num_classes=10, in_channels=1), data, dense_accuracy=0.5)
+    assert len(env.compressor.finetune_batches) == 2 and env.compressor.finetune_lr == 0.05
+    x, y = env.compressor.finetune_batches[0]
+    assert x.shape == (128, 1, 28, 28) and y.shape == (128,)
