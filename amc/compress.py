@@ -21,7 +21,7 @@ from amc.cost import FP32
 from amc.errors import AmcError
 from amc.graph import ModelGraph
 from amc.pruning import keep_indices, prune_model
-from amc.quantize import quantize_model, quantize_weight
+from amc.quantize import activation_quantizers, calibrate_ranges, quantize_model, quantize_weight
 from amc.selection import capture_unit_inputs, channel_scores
 
 
@@ -244,6 +244,14 @@ class Compressor:
         t = _lap(timing, "finetune", t)
         if self.bn_recalibration:
             recalibrate_bn(model, self.calibration)
+            # Ranges were measured with the trained BN statistics. Pruning can shift a unit's input so far that
+            # it is all zeros then (after a ReLU): its quantizer saw a range of 0 and would pass the input
+            # through in float, scoring a quantized policy as if it were not. Measure those ranges again on
+            # the re-estimated model, and the statistics once more with them quantized.
+            blind = [q for q in activation_quantizers(model).values() if q.bits < FP32 and q.max_abs == 0.0]
+            if blind:
+                calibrate_ranges(model, blind, self.calibration)
+                recalibrate_bn(model, self.calibration)
         _lap(timing, "bn_recalibration", t)
         model.eval()
         return model

@@ -37,23 +37,13 @@ from amc.cost import FP32
 from amc.errors import AmcError
 from amc.graph import build_graph
 from amc.pruning import prune_model
-from amc.quantize import ActivationQuantizer
+from amc.quantize import ActivationQuantizer, activation_quantizers
 from amc.trust import check_targets
 from amc.utils import atomic_torch_save, atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
 FORMAT = "amc-compressed-v1"
-
-
-def activation_quantizers(model: nn.Module) -> dict[str, ActivationQuantizer]:
-    """The activation quantizers attached to ``model``'s modules, by module name."""
-    out = {}
-    for name, m in model.named_modules():
-        for hook in m._forward_pre_hooks.values():
-            if isinstance(hook, ActivationQuantizer):
-                out[name] = hook
-    return out
 
 
 def quantizer_state(model: nn.Module) -> dict[str, dict[str, Any]]:

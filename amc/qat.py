@@ -14,9 +14,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from amc.cost import FP32
-from amc.export import activation_quantizers
 from amc.graph import ModelGraph
-from amc.quantize import calibrate_ranges, quantize_weight
+from amc.quantize import activation_quantizers, calibrate_ranges, quantize_weight
 
 
 class WeightFakeQuant(nn.Module):

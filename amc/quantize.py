@@ -143,6 +143,16 @@ def quantize_model(
     return [h for _, h in hooks]
 
 
+def activation_quantizers(model: nn.Module) -> dict[str, ActivationQuantizer]:
+    """The activation quantizers attached to ``model``'s modules, by module name."""
+    out = {}
+    for name, m in model.named_modules():
+        for hook in m._forward_pre_hooks.values():
+            if isinstance(hook, ActivationQuantizer):
+                out[name] = hook
+    return out
+
+
 def calibrate_ranges(
     model: nn.Module, quantizers: Sequence[ActivationQuantizer], batches: Sequence[torch.Tensor]
 ) -> None:

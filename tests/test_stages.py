@@ -203,3 +203,22 @@ def test_per_episode_finetune_is_one_pass_of_sgd_then_back_onto_the_grid() -> No
         grid = torch.clamp(torch.round(w / scale), -7, 7) * scale
         torch.testing.assert_close(got[u.name].weight.detach(), grid, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(tuned.bn1.running_mean, expected.bn1.running_mean)  # trained in train mode
+
+
+def test_a_unit_silenced_by_the_trained_statistics_is_still_quantized() -> None:
+    # The trained BN statistics zero c2's input (ReLU of a hugely negative value) when the ranges are measured;
+    # after re-estimation that input is alive, and it must run on a 2-bit grid, not in float.
+    model = _model()
+    with torch.no_grad():
+        model.bn1.running_mean.fill_(1e3)
+    graph = build_graph(model, SHAPE)
+    calib = _batches()
+    out = Compressor(model, graph, calibration=calib).apply(_policy(graph, 1.0, FP32, 2))
+    seen: list[torch.Tensor] = []
+    handle = out.c2.register_forward_pre_hook(lambda _m, inp: seen.append(inp[0].detach().clone()))
+    with torch.no_grad():
+        out(_batches(1, seed=7)[0])
+    handle.remove()
+    x = seen[0]
+    assert float(x.abs().max()) > 0, "c2's input should be alive after BN re-estimation"
+    assert len(torch.unique(x)) <= 4, "c2's input ran in float: its quantizer was calibrated on zeros"
