@@ -108,30 +108,17 @@ class UniformSearch(Agent):
             batch = self.candidates[self.episodes_done : self.episodes_done + env.workers][: end - self.episodes_done]
             t0 = time.perf_counter()
             configs = [env.uniform_config(ratio, bits) for ratio, bits in batch]
-            if len(batch) == 1:
-                config = configs[0]
-                infos = [run_episode(env, actions_for(env, *config), legal=env.wall.feasible(*config))]
-                _check_unclipped(env, config)
-            else:
-                infos = run_episodes(
-                    env, [actions_for(env, *c) for c in configs], [env.wall.feasible(*c) for c in configs]
-                )
-                for config, info in zip(configs, infos):
-                    _check_evaluated(env, config, info)
+            infos = run_episodes(env, [actions_for(env, *c) for c in configs], [env.wall.feasible(*c) for c in configs])
+            for config, info in zip(configs, infos):
+                _check_unclipped(env, config, info)
             seconds = (time.perf_counter() - t0) / len(batch)
             for (ratio, bits), info in zip(batch, infos):
                 self.record(info, "uniform", seconds, callback, extras={"uniform_keep": ratio, "uniform_bits": bits})
             callback.on_safe_point(self, self.episodes_done)
 
 
-def _check_unclipped(env: CompressionEnv, config: Config) -> None:
-    kept, w, a = config
-    if not (np.array_equal(env.kept, kept) and np.array_equal(env.w, w) and np.array_equal(env.a, a)):
-        log.warning("the budget wall changed a configuration that should be legal; the episode used the wall's version")
-
-
-def _check_evaluated(env: CompressionEnv, config: Config, info: Mapping[str, Any]) -> None:
-    """:func:`_check_unclipped` for an episode of a batch (its evaluated policy is in ``info``)."""
+def _check_unclipped(env: CompressionEnv, config: Config, info: Mapping[str, Any]) -> None:
+    """Warn when the evaluated policy (in the episode's ``info``) is not the legal ``config`` that was asked for."""
     policy = Policy.from_dict(info["policy"], env.graph)
     kept, w, a = config
     if not (list(kept) == policy.kept and list(w) == policy.w_bits and list(a) == policy.a_bits):
@@ -250,7 +237,7 @@ class GreedySearch(Agent):
             t0 = time.perf_counter()
             config = self.config(env, self.allocate(env))
             info = run_episode(env, actions_for(env, *config), legal=env.wall.feasible(*config))
-            _check_unclipped(env, config)
+            _check_unclipped(env, config, info)
             self.record(info, self.name, time.perf_counter() - t0, callback)  # the allocation's episode
             callback.on_safe_point(self, self.episodes_done)
 

@@ -371,12 +371,8 @@ class SB3Agent(Agent):
             if hasattr(buffer, "episode_positions"):
                 buffer.episode_positions = []
             keep = buffer.buffer_size // env.n_units * self.n_envs  # the newest episodes that fit
-            if self.n_envs > 1:
-                newest = self.legal[-keep:] if keep else []
-                self._replay_columns(env, [(Policy.from_dict(p, env.graph), r) for p, r in newest])
-                return
-            for policy, reward in self.legal[-keep:] if keep else []:
-                self._replay(env, Policy.from_dict(policy, env.graph), reward)
+            newest = self.legal[-keep:] if keep else []
+            self._replay(env, [(Policy.from_dict(p, env.graph), r) for p, r in newest])
 
     def reanchor_due(self) -> bool:
         """Whether the actions should now be re-centred on the best episode so far.
@@ -411,27 +407,10 @@ class SB3Agent(Agent):
         # The next episode's first observation carries the new reference (the env's reset draws nothing).
         self.model._last_obs = self.model.env.reset()  # type: ignore[union-attr,assignment]
 
-    def _replay(self, env: CompressionEnv, policy: Policy, reward: float) -> None:
-        """Add one legal configuration's episode to the replay buffer under the current action mapping."""
-        assert isinstance(self.model, OffPolicyAlgorithm)
-        actions = env.actions_for(policy.kept, policy.w_bits, policy.a_bits)
-        buffer = self.model.replay_buffer
-        assert buffer is not None
-        with env.unclipped():
-            obs, _ = env.reset()
-            for t in range(env.n_units):
-                env.decide(actions[t])
-                done = t == env.n_units - 1
-                nxt = env.observation()
-                buffer.add(
-                    obs[None], nxt[None], actions[t][None], np.array([reward if done else 0.0]), np.array([done]), [{}]
-                )
-                obs = nxt
-        env.reset()
+    def _replay(self, env: CompressionEnv, episodes: Sequence[tuple[Policy, float]]) -> None:
+        """Add legal configurations' episodes to the replay buffer under the current action mapping.
 
-    def _replay_columns(self, env: CompressionEnv, episodes: Sequence[tuple[Policy, float]]) -> None:
-        """:meth:`_replay` with ``n_envs`` buffer columns: the episodes fill the columns ``n_envs`` at a time.
-
+        The episodes fill the buffer's ``n_envs`` columns ``n_envs`` at a time (one at a time with one env).
         Every column of a buffer row must hold a transition, so a last group smaller than ``n_envs`` is
         filled up with the first episodes again (a few demonstration transitions are stored twice).
         """

@@ -47,6 +47,23 @@ def accuracy(
     return out
 
 
+def search_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int, device: torch.device) -> float:
+    """Top-1 of ``model`` (moved to ``device``) on cached tensors, or NaN when any output is NaN/inf.
+
+    The score of a search episode: a broken model must not rank by whatever its NaN logits select.
+
+    Args:
+        model: the network.
+        x: inputs.
+        y: labels.
+        batch_size: samples per batch.
+        device: where to run.
+    """
+    model.to(device)
+    res = accuracy(model, tensor_batches(x, y, batch_size), device)
+    return float("nan") if res["nonfinite"] else float(res["top1"])
+
+
 def tensor_batches(x: torch.Tensor, y: torch.Tensor, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Split cached tensors into evaluation batches (views, no copies).
 

@@ -59,7 +59,7 @@ from amc.envs.pool import EvaluationPool, measure_accuracy
 from amc.compress import Compressor, Policy
 from amc.cost import FP32, CostModel
 from amc.errors import AmcError
-from amc.evaluate import accuracy, tensor_batches
+from amc.evaluate import search_accuracy
 from amc.graph import round_channels
 from amc.rewards import AccuracyReward
 
@@ -694,9 +694,7 @@ class CompressionEnv(gym.Env):
 
     def _evaluate(self, model: torch.nn.Module) -> float:
         """Search accuracy; NaN when any output is NaN/inf (the episode then fails, see ``nonfinite``)."""
-        model.to(self.device)
-        res = accuracy(model, tensor_batches(self.search_x, self.search_y, self.eval_batch_size), self.device)
-        return float("nan") if res["nonfinite"] else res["top1"]
+        return search_accuracy(model, self.search_x, self.search_y, self.eval_batch_size, self.device)
 
     def _finish(self) -> dict[str, Any]:
         info = self.evaluate(self.policy(), {"wall_and_features": self._wall_seconds})

@@ -70,17 +70,16 @@ def measure_accuracy(
         device: where the compressed model is evaluated.
         timing: seconds per phase are added to it.
     """
-    from amc.evaluate import accuracy, tensor_batches
+    from amc.evaluate import search_accuracy
     from amc.utils import release_freed_memory
 
     model = compressor.apply(policy, timing)
     t = time.perf_counter()
-    model.to(device)
-    res = accuracy(model, tensor_batches(search_x, search_y, batch_size), device)
+    acc = search_accuracy(model, search_x, search_y, batch_size, device)
     del model
     release_freed_memory()  # nothing of this episode's model is alive now: see its docstring for why
     timing["evaluation"] = time.perf_counter() - t
-    return float("nan") if res["nonfinite"] else float(res["top1"])
+    return acc
 
 
 def _to_device(value: Any, device: torch.device) -> Any:
