@@ -63,6 +63,9 @@ class DDPGAgent(SB3Agent):
         reward_baseline: subtract a moving-average reward baseline in updates (AMC ``moving_average``).
         baseline_alpha: the baseline's update rate (AMC ``moving_alpha`` 0.5).
         relabel: store the actions of the evaluated configuration (after the wall) in the buffer.
+        anchor: TD3+BC's ``alpha`` (Fujimoto & Gu 2021: 2.5): the actor maximises
+            ``alpha * Q / mean|Q| - mean(action^2)``, i.e. stays near action 0, the reference
+            (:class:`~amc.agents.policies.ProximalCritic`); ``None``: SB3's plain actor loss.
         seed: seed of SB3 (networks, warm-up actions, replay sampling) and of the noise.
         device: torch device of the networks.
         best_of: ``all`` or ``learner`` (see :class:`~amc.agents.sb3.SB3Agent`).
@@ -99,6 +102,7 @@ class DDPGAgent(SB3Agent):
         reward_baseline: bool = True,
         baseline_alpha: float = 0.5,
         relabel: bool = True,
+        anchor: float | None = None,
         seed: int = 0,
         device: str = "cpu",
         best_of: str = "all",
@@ -132,6 +136,7 @@ class DDPGAgent(SB3Agent):
         self.reward_backfill, self.reward_baseline = bool(reward_backfill), bool(reward_baseline)
         self.baseline_alpha = float(baseline_alpha)
         self.relabel = bool(relabel)
+        self.anchor = None if anchor is None else float(anchor)
         self.noise: TruncatedNormalNoise | None = None
 
     def validate(self, episodes: int) -> None:
@@ -142,6 +147,8 @@ class DDPGAgent(SB3Agent):
             raise AmcError(f"agent.noise_end={self.noise_end:g} must be in (0, 1]")
         if self.sigma < 0 or not 0 <= self.sigma_floor:
             raise AmcError("agent.sigma and agent.sigma_floor must be >= 0")
+        if self.anchor is not None and not self.anchor > 0:
+            raise AmcError(f"agent.anchor={self.anchor:g} must be > 0 (TD3+BC's alpha, e.g. 2.5), or null for plain DDPG")
         if self.sigma_decay is not None and not 0 < self.sigma_decay <= 1:
             raise AmcError(f"agent.sigma_decay={self.sigma_decay:g} must be in (0, 1] (or null: from the schedule)")
 
@@ -176,7 +183,7 @@ class DDPGAgent(SB3Agent):
             tau=self.tau,
             gamma=self.gamma,
             action_noise=self.noise if self.n_envs == 1 else SharedScheduleNoise(self.noise),
-            policy_kwargs={"net_arch": list(self.net_arch), "critic_lr": self.critic_lr},
+            policy_kwargs={"net_arch": list(self.net_arch), "critic_lr": self.critic_lr, "anchor": self.anchor},
             **self.off_policy_kwargs(
                 env,
                 self.batch_size,

@@ -168,11 +168,10 @@ def _same_search(killed: Path, straight: Path) -> None:
     assert rows[0] == rows[1] and len(rows[0]) == 14
 
 
-def test_resume_after_sigkill_ends_with_the_same_best_policy(tiny_root: Path, straight: Path, tmp_path: Path) -> None:
-    killed = tmp_path / "killed"
-
+def _kill_and_resume(root: Path, killed: Path, tmp_path: Path, *extra: str) -> None:
+    """Start the search, SIGKILL it after its episode-4 checkpoint (mid-episode), resume it with ``resume=``."""
     proc = subprocess.Popen(
-        [sys.executable, *_run_args(tiny_root, f"hydra.run.dir={killed}")],
+        [sys.executable, *_run_args(root, f"hydra.run.dir={killed}", *extra)],
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -191,6 +190,21 @@ def test_resume_after_sigkill_ends_with_the_same_best_policy(tiny_root: Path, st
 
     resumed = cli("-m", "amc.train", f"resume={killed}", f"hydra.run.dir={tmp_path / 'resume_log'}")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+
+def test_resume_after_sigkill_ends_with_the_same_best_policy(tiny_root: Path, straight: Path, tmp_path: Path) -> None:
+    killed = tmp_path / "killed"
+    _kill_and_resume(tiny_root, killed, tmp_path)
+    _same_search(killed, straight)
+
+
+def test_resume_after_sigkill_with_parallel_episodes(tiny_root: Path, tmp_path: Path) -> None:
+    """``agent.n_envs=2`` (two evaluation workers, lockstep episodes) through the command: kill, ``resume=``, same search."""
+    straight = tmp_path / "straight"
+    done = cli(*_run_args(tiny_root, f"hydra.run.dir={straight}", "agent.n_envs=2"))
+    assert done.returncode == 0, done.stderr[-2000:]
+    killed = tmp_path / "killed"
+    _kill_and_resume(tiny_root, killed, tmp_path, "agent.n_envs=2")
     _same_search(killed, straight)
 
 
