@@ -71,6 +71,8 @@ class DDPGAgent(SB3Agent):
         best_of: ``all`` or ``learner`` (see :class:`~amc.agents.sb3.SB3Agent`).
         reanchor_every: re-centre on the best episode every this many learning episodes (0: once, after warm-up).
         demo_budget: largest fraction of the episodes the demonstrations may use (others are skipped).
+        probe: without a measured demonstration, first measure the untrained actor's policy, the
+            reference (see :class:`~amc.agents.sb3.SB3Agent`).
         n_envs: episodes played side by side and measured on as many evaluation workers (see
             :class:`~amc.agents.sb3.SB3Agent`); one noise schedule for all (:class:`SharedScheduleNoise`).
     """
@@ -109,6 +111,7 @@ class DDPGAgent(SB3Agent):
         reanchor_every: int = 0,
         demo_budget: float = 0.5,
         n_envs: int = 1,
+        probe: bool = False,
     ) -> None:
         super().__init__(
             warmup,
@@ -124,6 +127,7 @@ class DDPGAgent(SB3Agent):
             reanchor_every,
             demo_budget,
             n_envs,
+            probe,
         )
         self.actor_lr, self.critic_lr = float(actor_lr), float(critic_lr)
         self.tau, self.gamma = float(tau), float(gamma)

@@ -47,7 +47,7 @@ from amc.errors import AmcError
 log = logging.getLogger(__name__)
 
 COUNTERS = ("num_timesteps", "_episode_num", "_n_updates")
-LEARNER_PHASES = ("warmup", "explore", "exploit")
+LEARNER_PHASES = ("probe", "warmup", "explore", "exploit")
 REFERENCES = ("best", "env", "none")
 
 
@@ -109,6 +109,11 @@ class SB3Agent(Agent):
             learning episodes (0: only once, when the warm-up ends).
         demo_budget: the demonstrations may use at most this fraction of the episodes; one that would
             exceed it (a greedy scan of a deep model in a short search) is skipped with a warning.
+        probe: when no demonstration measured a legal configuration, the first learning episode runs the
+            untrained actor without noise (``phase=probe``): with ``zero_init_actor`` it measures the
+            reference the actions are centred on (the environment's uniform policy, from the cost model
+            alone), so the first re-centring can choose between it and the warm-up's random episodes.
+            Skipped when a demonstration already measured the reference (its result is not the learner's).
         n_envs: episodes played side by side (:class:`~amc.agents.vec_env.CompressionVecEnv`) and measured
             on as many evaluation workers; off-policy algorithms only. SB3 then collects one episode per
             env between training phases (``train_freq`` of ``n_units`` steps) with ``updates_per_step``
@@ -134,8 +139,10 @@ class SB3Agent(Agent):
         reanchor_every: int = 0,
         demo_budget: float = 0.5,
         n_envs: int = 1,
+        probe: bool = False,
     ) -> None:
         super().__init__(seed, n_envs)
+        self.probe = bool(probe)
         self.reanchor_every = int(reanchor_every)
         self.demo_budget = float(demo_budget)
         if best_of not in ("all", "learner"):
@@ -159,6 +166,7 @@ class SB3Agent(Agent):
         self.reference_done = False
         self.legal: list[tuple[dict[str, Any], float]] = []  # (policy, reward) of every legal episode so far
         self.reanchored = False  # the re-anchoring after the warm-up is done
+        self.probed = 0  # 1 once the probe episode ran
 
     # --- schedule -------------------------------------------------------------------------------
     def validate(self, episodes: int) -> None:
@@ -273,7 +281,7 @@ class SB3Agent(Agent):
 
     def phase(self) -> str:
         """The phase of the next learner episode."""
-        return "warmup" if self.episodes_done < self.n_demo + self.warmup else "explore"
+        return "warmup" if self.episodes_done < self.n_demo + self.probed + self.warmup else "explore"
 
     # --- search ---------------------------------------------------------------------------------
     def adopt(self, record: EpisodeRecord, phase: str, callback: SearchCallback) -> EpisodeRecord:
@@ -307,6 +315,9 @@ class SB3Agent(Agent):
             if self.episodes_done:  # the demonstrations' transitions are in the buffer now
                 callback.on_safe_point(self, self.episodes_done)
         learn_end = int(episodes) - self.n_exploit
+        if self.probe and self.episodes_done == self.n_demo and not self.legal and learn_end > self.episodes_done:
+            self.probed = 1
+            self._play_actor(env, "probe", callback)
         learning = max(0, learn_end - self.episodes_done) // self.n_envs * self.n_envs  # whole batches
         steps = self.learn_steps(learning * env.n_units)
         if steps > 0:
@@ -314,14 +325,19 @@ class SB3Agent(Agent):
         if self.n_envs > 1:
             self._exploit_parallel(int(episodes), callback)
         while self.episodes_done < int(episodes):
-            t0 = time.perf_counter()
-            obs, _ = env.reset()
-            info: dict[str, Any] = {}
-            for _ in range(env.n_units):
-                action, _ = self.model.predict(obs, deterministic=True)
-                obs, _, done, _, info = env.step(np.asarray(action, dtype=np.float32))
-            self.record(info, "exploit", time.perf_counter() - t0, callback, extras=self.episode_extras("exploit"))
-            callback.on_safe_point(self, self.episodes_done)
+            self._play_actor(env, "exploit", callback)
+
+    def _play_actor(self, env: CompressionEnv, phase: str, callback: SearchCallback) -> None:
+        """One episode of the actor without exploration noise, recorded as ``phase`` (not stored for learning)."""
+        assert self.model is not None
+        t0 = time.perf_counter()
+        obs, _ = env.reset()
+        info: dict[str, Any] = {}
+        for _ in range(env.n_units):
+            action, _ = self.model.predict(obs, deterministic=True)
+            obs, _, _, _, info = env.step(np.asarray(action, dtype=np.float32))
+        self.record(info, phase, time.perf_counter() - t0, callback, extras=self.episode_extras(phase))
+        callback.on_safe_point(self, self.episodes_done)
 
     def _exploit_parallel(self, episodes: int, callback: SearchCallback) -> None:
         """The noise-free episodes, ``n_envs`` at a time (the actor is fixed, so they are one configuration)."""
@@ -382,7 +398,7 @@ class SB3Agent(Agent):
         """
         if self.reference != "best" or self.env is None:
             return False
-        start = self.n_demo + self.warmup
+        start = self.n_demo + self.probed + self.warmup
         if self.warmup > 0 and not self.reanchored:
             return self.episodes_done >= start
         done = self.episodes_done - start
@@ -465,6 +481,7 @@ class SB3Agent(Agent):
             ],
             "legal": [[p, r] for p, r in self.legal],
             "reanchored": self.reanchored,
+            "probed": self.probed,
             "reference_done": self.reference_done,
             "reference_policy": self.reference_policy,
         }
@@ -481,6 +498,7 @@ class SB3Agent(Agent):
             demo.load_state_dict(saved["state"])
         self.legal = [(p, float(r)) for p, r in state["legal"]]
         self.reanchored = bool(state["reanchored"])
+        self.probed = int(state.get("probed", 0))
         self.reference_done = bool(state["reference_done"])
         self.reference_policy = state["reference_policy"]
         if self.reference_done:

@@ -351,6 +351,8 @@ RESUMABLE = {
     "ddpg": (lambda: DDPGAgent(warmup=2, exploit=2, seed=3), 9, 4),
     "ddpg_demos": (lambda: DDPGAgent(demos=[UniformSearch()], warmup=1, exploit=1, seed=3), 9, 1),
     "ddpg_reanchor": (lambda: DDPGAgent(warmup=2, exploit=1, reanchor_every=2, sigma=0.5, seed=3), 10, 5),
+    "ddpg_probe_anchor": (lambda: DDPGAgent(warmup=2, exploit=1, probe=True, anchor=2.5, seed=3), 9, 1),
+    "ddpg_probe_mid": (lambda: DDPGAgent(warmup=2, exploit=1, probe=True, reanchor_every=2, seed=3), 10, 4),
     "td3": (lambda: TD3Agent(warmup=2, exploit=2, seed=3), 9, 8),
     "sac": (lambda: SACAgent(warmup=2, exploit=2, seed=3), 9, 4),
     "ppo": (lambda: PPOAgent(warmup=0, exploit=1, episodes_per_rollout=2, seed=3), 9, 4),
@@ -379,6 +381,20 @@ def test_saved_state_continues_like_an_uninterrupted_search(name: str, tmp_path:
     rest = resumed.search(env2, total).episodes
     strip = [[{k: v for k, v in row.items() if k != "seconds"} for row in rows] for rows in (straight, rest)]
     assert strip[0] == strip[1]
+
+
+def test_probe_measures_the_reference_first_and_only_when_no_demonstration_did() -> None:
+    env, rec = small_env(), Recorder()
+    reference = env.reference
+    agent = DDPGAgent(warmup=2, exploit=1, probe=True, seed=0)
+    agent.search(env, 6, rec)
+    assert [r.phase for r in rec.records] == ["probe", "warmup", "warmup", "explore", "explore", "exploit"]
+    assert rec.records[0].policy is not None and Policy.from_dict(rec.records[0].policy, env.graph) == reference
+    assert rec.records[0].extras["sigma"] == 0.0
+    # A demonstration measured a legal configuration: the probe would replay its result as the learner's.
+    env, rec = small_env(), Recorder()
+    DDPGAgent(demos=[UniformSearch()], warmup=1, exploit=1, probe=True, seed=0).search(env, 6, rec)
+    assert "probe" not in [r.phase for r in rec.records]
 
 
 def test_warmup_end_recentres_on_the_best_episode_and_reexpresses_the_buffer() -> None:
