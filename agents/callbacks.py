@@ -363,6 +363,8 @@ class Checkpointer(SearchCallback):
         for old in self.directory.iterdir():
             if old.is_dir() and old.name != name:
                 shutil.rmtree(old, ignore_errors=True)
+            elif old.is_file() and old.name.startswith(".") and old.name.endswith(".tmp"):
+                old.unlink(missing_ok=True)  # a killed atomic write's temporary file (this run writes one at a time)
         self.saved = episodes_done
         return final
 

@@ -37,6 +37,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from amc.agents.sb3 import LEARNER_PHASES  # noqa: E402  (the learner's own phases: probe, warm-up, explore, exploit)
+
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "search_quality"
 COMMON = ["hardware=bitfusion_edge", "budgets.latency=null", "pretrain.seed=0", "threads=1"]
 SETTINGS: dict[str, dict] = {
@@ -51,7 +54,6 @@ BASELINES = ("uniform", "random", "greedy", "ilp")
 LEARNERS = ("ddpg", "ddpg_cold", "td3", "sac", "ppo")
 AGENTS = ("ddpg_cold", "ddpg", "td3", "uniform", "random", "greedy", "ilp")
 FINETUNE = ["epochs=1", "export.latency_repeats=5", "export.onnx=false", "threads=1"]
-LEARNER_PHASES = ("warmup", "explore", "exploit")
 
 
 def run_one(out: Path, setting: str, agent: str, seed: int, extra: list[str]) -> tuple[str, float, int]:

@@ -249,8 +249,8 @@ def test_kills_inside_the_checkpoint_writes_resume_to_the_same_search(
     resumed = cli("-m", "amc.train", f"resume={killed}", f"hydra.run.dir={tmp_path / 'log2'}")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     _same_search(killed, straight)
-    # No half-written checkpoint directory is left (a killed atomic write's own .latest.json.*.tmp file is).
-    assert sorted(p.name for p in ckpts.iterdir() if p.is_dir()) == ["episode_000014"]
+    # Nothing half-written is left: neither a checkpoint directory nor a killed write's .latest.json.*.tmp file.
+    assert sorted(p.name for p in ckpts.iterdir()) == ["episode_000014", "latest.json"]
 
 
 def test_joblib_multirun_and_report(tiny_root: Path, tmp_path: Path) -> None:
