@@ -283,22 +283,40 @@ class Compressor:
         return sorted(out)
 
     def _capture_features(self) -> dict[int, _Features]:
+        """Sampled dense inputs and outputs of every reconstructable unit, for the least-squares problems.
+
+        ``reconstruction_samples`` rows in all, drawn evenly from the calibration images (each image's
+        unfolded patches, one image at a time), so memory holds only the samples: never a unit's whole
+        input over the calibration set (gigabytes for an ImageNet model), nor a whole unfolded batch.
+        """
         units = self._reconstructable()
+        if not units:
+            return {}
         modules = dict(self.model.named_modules())
-        captured = capture_unit_inputs(self.model, self.graph, units, self.calibration)
+        n_images = sum(int(x.shape[0]) for x in self.calibration)
+        per_image = -(-self.reconstruction_samples // max(1, n_images))
         gen = torch.Generator().manual_seed(self.seed)
+
+        def sample(ui: int, x: torch.Tensor) -> torch.Tensor:
+            u = self.graph.units[ui]
+            m = modules[u.name]
+            picked = []
+            for xi in x.float():
+                if u.kind == "conv":
+                    cols = nn.functional.unfold(
+                        xi.unsqueeze(0), u.kernel_size, padding=u.padding, stride=u.stride, dilation=m.dilation
+                    )[0].T  # [positions, in_channels * k]
+                else:
+                    cols = xi.reshape(-1, xi.shape[-1])
+                picked.append(cols[torch.randperm(cols.shape[0], generator=gen)[:per_image]].cpu())
+            return torch.cat(picked)
+
+        captured = capture_unit_inputs(self.model, self.graph, units, self.calibration, keep=sample)
         feats = {}
         for ui in units:
             u = self.graph.units[ui]
             m = modules[u.name]
-            x = torch.cat(captured[ui]).float()
-            if u.kind == "conv":
-                cols = nn.functional.unfold(x, u.kernel_size, padding=u.padding, stride=u.stride, dilation=m.dilation)
-                cols = cols.permute(0, 2, 1).reshape(-1, cols.shape[1])
-            else:
-                cols = x.reshape(-1, x.shape[-1])
-            pick = torch.randperm(cols.shape[0], generator=gen)[: self.reconstruction_samples]
-            xs = cols[pick].cpu()
+            xs = torch.cat(captured[ui])[: self.reconstruction_samples]
             w = m.weight.detach().float().cpu().reshape(m.weight.shape[0], -1)
             feats[ui] = _Features(x=xs, y=xs @ w.T, k=u.kernel_size[0] * u.kernel_size[1])
         return feats

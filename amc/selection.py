@@ -15,7 +15,7 @@ calibration batches), so an episode only sorts them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -73,7 +73,11 @@ def bn_scores(model: nn.Module, graph: ModelGraph) -> list[torch.Tensor]:
 
 
 def capture_unit_inputs(
-    model: nn.Module, graph: ModelGraph, units: Iterable[int], batches: Sequence[torch.Tensor]
+    model: nn.Module,
+    graph: ModelGraph,
+    units: Iterable[int],
+    batches: Sequence[torch.Tensor],
+    keep: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[int, list[torch.Tensor]]:
     """The inputs each listed unit receives while ``model`` (in eval mode) runs ``batches``.
 
@@ -82,6 +86,8 @@ def capture_unit_inputs(
         graph: its graph.
         units: indices of the units to watch.
         batches: input batches.
+        keep: ``keep(unit, input)`` returns what to store of each batch's input (e.g. a sample of its
+            rows), so only that is held in memory; ``None`` stores the inputs whole.
     """
     modules = dict(model.named_modules())
     captured: dict[int, list[torch.Tensor]] = {u: [] for u in units}
@@ -89,7 +95,8 @@ def capture_unit_inputs(
     for ui in units:
 
         def hook(_m: nn.Module, inputs: tuple, ui: int = ui) -> None:
-            captured[ui].append(inputs[0].detach())
+            x = inputs[0].detach()
+            captured[ui].append(x if keep is None else keep(ui, x))
 
         handles.append(modules[graph.units[ui].name].register_forward_pre_hook(hook))
     model.eval()
