@@ -135,14 +135,14 @@ def test_tensorboard_has_search_policy_train_and_hparams(cfg_for: Callable[..., 
     assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(events.PluginTagToContent("hparams"))
 
 
-def _run_args(root: Path, *extra: str) -> list[str]:
+def _run_args(root: Path, *extra: str, warmup: int = 3) -> list[str]:
     return [
         "-m",
         "amc.train",
         *tiny(root),
         "episodes=14",
         "agent.demos=[{_target_:amc.agents.UniformSearch}]",
-        "agent.warmup=3",
+        f"agent.warmup={warmup}",
         "callbacks.checkpoint_every=4",
         *extra,
     ]
@@ -168,10 +168,10 @@ def _same_search(killed: Path, straight: Path) -> None:
     assert rows[0] == rows[1] and len(rows[0]) == 14
 
 
-def _kill_and_resume(root: Path, killed: Path, tmp_path: Path, *extra: str) -> None:
+def _kill_and_resume(root: Path, killed: Path, tmp_path: Path, *extra: str, warmup: int = 3) -> None:
     """Start the search, SIGKILL it after its episode-4 checkpoint (mid-episode), resume it with ``resume=``."""
     proc = subprocess.Popen(
-        [sys.executable, *_run_args(root, f"hydra.run.dir={killed}", *extra)],
+        [sys.executable, *_run_args(root, f"hydra.run.dir={killed}", *extra, warmup=warmup)],
         cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -195,6 +195,20 @@ def _kill_and_resume(root: Path, killed: Path, tmp_path: Path, *extra: str) -> N
 def test_resume_after_sigkill_ends_with_the_same_best_policy(tiny_root: Path, straight: Path, tmp_path: Path) -> None:
     killed = tmp_path / "killed"
     _kill_and_resume(tiny_root, killed, tmp_path)
+    _same_search(killed, straight)
+
+
+@pytest.mark.parametrize("agent", ["td3", "sac", "ppo"])
+def test_other_sb3_agents_resume_after_sigkill_with_the_same_best_policy(
+    agent: str, tiny_root: Path, tmp_path: Path
+) -> None:
+    """TD3, SAC and PPO through ``amc.train``: killed mid-search, resumed with ``resume=``, same search as uninterrupted."""
+    warmup = 0 if agent == "ppo" else 3  # PPO has no warm-up (on-policy)
+    straight = tmp_path / "straight"
+    done = cli(*_run_args(tiny_root, f"agent={agent}", f"hydra.run.dir={straight}", warmup=warmup))
+    assert done.returncode == 0, done.stderr[-2000:]
+    killed = tmp_path / "killed"
+    _kill_and_resume(tiny_root, killed, tmp_path, f"agent={agent}", warmup=warmup)
     _same_search(killed, straight)
 
 
