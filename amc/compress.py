@@ -259,7 +259,11 @@ class Compressor:
     def _short_finetune(self, model: nn.Module, policy: Policy) -> None:
         opt = torch.optim.SGD(model.parameters(), lr=self.finetune_lr, momentum=0.9)
         model.train()
-        with torch.enable_grad():
+        # Dropout draws from torch's generator: seed it here (and leave the caller's untouched), so a policy
+        # always scores the same, as the evaluation cache and seeded reruns assume.
+        cuda = sorted({p.device.index or 0 for p in model.parameters() if p.is_cuda})
+        with torch.random.fork_rng(devices=cuda), torch.enable_grad():
+            torch.manual_seed(self.seed)
             for x, y in self.finetune_batches:
                 loss = nn.functional.cross_entropy(model(x), y)
                 opt.zero_grad(set_to_none=True)

@@ -358,6 +358,32 @@ def test_per_episode_finetune_keeps_weights_on_the_grid_and_helps() -> None:
         assert all(w[c].unique().numel() <= 2**4 for c in range(w.shape[0]))
 
 
+def test_per_episode_finetune_scores_a_policy_the_same_whatever_the_global_generator() -> None:
+    """fmnist_cnn has dropout: the short fine-tune must draw it from its own seed (the evaluation cache relies on it)."""
+    torch.manual_seed(0)
+    model = build_model("fmnist_cnn", num_classes=10, in_channels=1).eval()
+    graph = build_graph(model, (1, 28, 28))
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 1, 28, 28, generator=gen)
+    y = torch.randint(0, 10, (64,), generator=gen)
+    batches = [(x[i : i + 32], y[i : i + 32]) for i in (0, 32)] * 3
+    policy = Policy(graph.channels_from_ratios([0.5] * len(graph.groups)), [8] * len(graph.units), [8] * len(graph.units))
+    tuned = Compressor(model, graph, calibration=[x[:32]], finetune_batches=batches, finetune_lr=0.05, seed=3)
+    outs = []
+    for draw in (1, 2):
+        torch.manual_seed(draw)  # a different global generator state before each episode
+        before = torch.random.get_rng_state()
+        compressed = tuned.apply(policy)
+        assert torch.equal(torch.random.get_rng_state(), before)  # the caller's generator is left as it was
+        with torch.no_grad():
+            outs.append(compressed(x))
+    assert torch.equal(outs[0], outs[1])
+    other = Compressor(model, graph, calibration=[x[:32]], finetune_batches=batches, finetune_lr=0.05, seed=4)
+    compressed = other.apply(policy)
+    with torch.no_grad():
+        assert not torch.equal(compressed(x), outs[0])  # the seed is what decides the dropout masks
+
+
 class NaNWhenPruned(nn.Module):
     """A conv net whose outputs turn NaN once its conv keeps fewer than ``limit`` channels."""
 
