@@ -153,6 +153,11 @@ class DDPGAgent(SB3Agent):
             raise AmcError("agent.sigma and agent.sigma_floor must be >= 0")
         if self.anchor is not None and not self.anchor > 0:
             raise AmcError(f"agent.anchor={self.anchor:g} must be > 0 (TD3+BC's alpha, e.g. 2.5), or null for plain DDPG")
+        if self.anchor is not None and self.reference == "none":
+            raise AmcError(
+                "agent.anchor holds the actor near action 0, the reference, but agent.reference=none centres the "
+                "actions on nothing; set agent.anchor=null (AMC's plain actor loss) or agent.reference=best"
+            )
         if self.sigma_decay is not None and not 0 < self.sigma_decay <= 1:
             raise AmcError(f"agent.sigma_decay={self.sigma_decay:g} must be in (0, 1] (or null: from the schedule)")
 

@@ -100,6 +100,7 @@ def main() -> None:
             model = compressor.apply(policy)
             prepare_qat(model, base.graph, policy.w_bits, True)
             teacher = dense if recipe.kd else None  # as amc.finetune does
+            torch.manual_seed(0)  # dropout: each policy's fine-tune as in a fresh amc.finetune process
             fine_tune(
                 model, data, recipe, Path(tmp) / f"state{i}.pt", torch.device("cpu"), 0, teacher=teacher, progress=False
             )

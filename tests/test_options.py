@@ -114,3 +114,13 @@ def test_anchor_keeps_the_actor_near_the_reference() -> None:
 
     plain, anchored = spread(None), spread(0.1)
     assert plain > 0.5 and anchored < plain / 3, (plain, anchored)
+
+
+def test_anchor_needs_a_reference_and_a_positive_alpha() -> None:
+    from amc.errors import AmcError
+
+    with pytest.raises(AmcError, match=r"^agent\.anchor holds the actor near action 0.*set agent\.anchor=null"):
+        DDPGAgent(reference="none", anchor=2.5, warmup=1, exploit=0).validate(10)
+    with pytest.raises(AmcError, match=r"^agent\.anchor=0 must be > 0"):
+        DDPGAgent(anchor=0.0, warmup=1, exploit=0).validate(10)
+    DDPGAgent(reference="none", anchor=None, warmup=1, exploit=0).validate(10)  # AMC's set-up stays valid
