@@ -71,8 +71,8 @@ class DDPGAgent(SB3Agent):
         best_of: ``all`` or ``learner`` (see :class:`~amc.agents.sb3.SB3Agent`).
         reanchor_every: re-centre on the best episode every this many learning episodes (0: once, after warm-up).
         demo_budget: largest fraction of the episodes the demonstrations may use (others are skipped).
-        probe: without a measured demonstration, first measure the untrained actor's policy, the
-            reference (see :class:`~amc.agents.sb3.SB3Agent`).
+        probe: without a measured demonstration, first measure the untrained actor's policy (the
+            reference, with ``zero_init_actor``; see :class:`~amc.agents.sb3.SB3Agent`).
         n_envs: episodes played side by side and measured on as many evaluation workers (see
             :class:`~amc.agents.sb3.SB3Agent`); one noise schedule for all (:class:`SharedScheduleNoise`).
     """
@@ -165,7 +165,7 @@ class DDPGAgent(SB3Agent):
         """Sigma's factor per noisy episode: ``sigma_decay``, or the one reaching the floor at ``noise_end``."""
         if self.sigma_decay is not None:
             return self.sigma_decay
-        noisy = int(episodes) - self.n_demo - self.warmup - self.n_exploit
+        noisy = int(episodes) - self.n_demo - self.probe_episodes - self.warmup - self.n_exploit
         span = max(1, int(round(self.noise_end * noisy)))
         if self.sigma <= 0 or self.sigma_floor <= 0 or self.sigma_floor >= self.sigma:
             return 1.0

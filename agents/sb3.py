@@ -207,10 +207,11 @@ class SB3Agent(Agent):
                 kept.append(demo)
                 self.demo_episodes.append(n)
             self.demos = kept
-        need = sum(self.demo_episodes) + self.warmup + self.n_exploit
+        need = sum(self.demo_episodes) + self.probe_episodes + self.warmup + self.n_exploit
         if need >= int(episodes):
             raise AmcError(
-                f"demonstrations ({sum(self.demo_episodes)} episodes), warm-up ({self.warmup}) and exploitation "
+                f"demonstrations ({sum(self.demo_episodes)} episodes), probe ({self.probe_episodes}), warm-up "
+                f"({self.warmup}) and exploitation "
                 f"({self.n_exploit}) leave no episode to learn in episodes={episodes}; raise episodes to at least "
                 f"{need + 1} or drop a demonstration (agent.demos)"
             )
@@ -275,6 +276,11 @@ class SB3Agent(Agent):
             policy.actor_target.load_state_dict(policy.actor.state_dict())
 
     @property
+    def probe_episodes(self) -> int:
+        """Episodes the probe is expected to take: 1 with ``probe`` and no demonstration (which may measure the reference)."""
+        return int(self.probe and not self.demos)
+
+    @property
     def n_demo(self) -> int:
         """Episodes the demonstrations take."""
         return sum(self.demo_episodes)
@@ -321,6 +327,8 @@ class SB3Agent(Agent):
         learning = max(0, learn_end - self.episodes_done) // self.n_envs * self.n_envs  # whole batches
         steps = self.learn_steps(learning * env.n_units)
         if steps > 0:
+            if self.model._last_obs is not None:  # a probe, demonstration or replay since may have left it mid-way
+                self.model._last_obs = self.model.env.reset()  # type: ignore[union-attr,assignment]
             self.model.learn(steps, callback=_Bridge(self, callback), log_interval=None, reset_num_timesteps=False)  # type: ignore[arg-type]
         if self.n_envs > 1:
             self._exploit_parallel(int(episodes), callback)

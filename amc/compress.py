@@ -261,7 +261,8 @@ class Compressor:
         model.train()
         # Dropout draws from torch's generator: seed it here (and leave the caller's untouched), so a policy
         # always scores the same, as the evaluation cache and seeded reruns assume.
-        cuda = sorted({p.device.index or 0 for p in model.parameters() if p.is_cuda})
+        # torch.manual_seed reseeds every CUDA device, so fork them all (an agent's networks may live on one).
+        cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
         with torch.random.fork_rng(devices=cuda), torch.enable_grad():
             torch.manual_seed(self.seed)
             for x, y in self.finetune_batches:
@@ -289,9 +290,11 @@ class Compressor:
     def _capture_features(self) -> dict[int, _Features]:
         """Sampled dense inputs and outputs of every reconstructable unit, for the least-squares problems.
 
-        ``reconstruction_samples`` rows in all, drawn evenly from the calibration images (each image's
-        unfolded patches, one image at a time), so memory holds only the samples: never a unit's whole
-        input over the calibration set (gigabytes for an ImageNet model), nor a whole unfolded batch.
+        Each calibration image gives ``ceil(reconstruction_samples / images)`` random rows of its
+        unfolded patches (one image at a time), and ``reconstruction_samples`` of those are drawn at
+        random (every row when there are fewer: a linear unit has one per image). Memory holds only the
+        samples: never a unit's whole input over the calibration set (gigabytes for an ImageNet model),
+        nor a whole unfolded batch.
         """
         units = self._reconstructable()
         if not units:
@@ -320,7 +323,8 @@ class Compressor:
         for ui in units:
             u = self.graph.units[ui]
             m = modules[u.name]
-            xs = torch.cat(captured[ui])[: self.reconstruction_samples]
+            rows = torch.cat(captured[ui])
+            xs = rows[torch.randperm(rows.shape[0], generator=gen)[: self.reconstruction_samples]]
             w = m.weight.detach().float().cpu().reshape(m.weight.shape[0], -1)
             feats[ui] = _Features(x=xs, y=xs @ w.T, k=u.kernel_size[0] * u.kernel_size[1])
         return feats

@@ -144,6 +144,37 @@ def test_reconstruction_solves_the_least_squares_problem_of_the_next_layer() -> 
     assert not torch.allclose(sliced.c2.weight, solution, atol=1e-2)  # the stage is what changes it
 
 
+def test_reconstruction_samples_rows_from_every_calibration_image() -> None:
+    """The sampled least-squares rows are real rows of the dense inputs, from images across the whole set."""
+    model, calib = _model(wrong_stats=False), _batches()  # 32 images with inputs that are not all zeros
+    graph = build_graph(model, SHAPE)
+    c2, fc = (next(i for i, u in enumerate(graph.units) if u.name == n) for n in ("c2", "fc"))
+    inputs: dict[str, list[torch.Tensor]] = {"c2": [], "fc": []}
+    hooks = [
+        getattr(model, n).register_forward_hook(lambda _m, inp, _o, n=n: inputs[n].append(inp[0].detach()))
+        for n in inputs
+    ]
+    with torch.no_grad():
+        for x in calib:
+            model(x)
+    for h in hooks:
+        h.remove()
+    conv_rows = nn.functional.unfold(torch.cat(inputs["c2"]), 3, padding=1).permute(0, 2, 1)  # [32, 100, 72]
+    fc_rows = torch.cat(inputs["fc"])  # [32, 6]: one row per image
+
+    def images_of(rows: torch.Tensor, full: torch.Tensor) -> list[int]:
+        return [int((full == r).all(-1).reshape(full.shape[0], -1).any(-1).nonzero()[0]) for r in rows]
+
+    feats = Compressor(model, graph, calibration=calib, reconstruction=True, reconstruction_samples=40)._features
+    assert feats[c2].x.shape == (40, 72) and feats[fc].x.shape == (32, 6)  # a linear unit has 32 rows only
+    assert len(set(images_of(feats[c2].x, conv_rows))) >= 20
+    assert sorted(images_of(feats[fc].x, fc_rows.unsqueeze(1))) == list(range(32))
+    few = Compressor(model, graph, calibration=calib, reconstruction=True, reconstruction_samples=8)._features
+    picked = images_of(few[fc].x, fc_rows.unsqueeze(1))
+    assert len(set(picked)) == 8 and max(picked) >= 8  # not simply the first 8 images
+    torch.testing.assert_close(few[fc].y, few[fc].x @ model.fc.weight.detach().T)  # outputs without bias
+
+
 def test_quantization_puts_weights_and_unit_inputs_on_their_grids() -> None:
     model, calib = _model(wrong_stats=False), _batches()
     graph = build_graph(model, SHAPE)
