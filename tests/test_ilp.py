@@ -5,6 +5,10 @@ from __future__ import annotations
 import csv
 import itertools
 import json
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +19,7 @@ from amc.envs import CompressionEnv
 from test_agents import Recorder, small_env
 from test_env import make_small_env
 from test_pretrain import make_fmnist
-from test_train import cli, tiny
+from test_train import REPO, cli, tiny
 
 from amc.compress import Policy
 
@@ -138,3 +142,34 @@ def test_train_cli_runs_agent_ilp(tmp_path: Path) -> None:
     assert best["agent"] == "ilp" and best["budgets"]["latency"]["achieved"] <= best["budgets"]["latency"]["target"]
     phases = [row["phase"] for row in csv.DictReader((run_dir / "episodes.csv").open())]
     assert phases[-1] == "ilp" and set(phases[:-1]) == {"scan"} and best["episode"] == len(phases)
+
+
+def test_train_cli_ilp_resumes_after_sigkill_with_the_same_best_policy(tmp_path: Path) -> None:
+    make_fmnist(tmp_path / "fm")
+    args = [*tiny(tmp_path), "agent=ilp", "episodes=40", "agent.keep_levels=[0.5]", "agent.bit_levels=[4]"]
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    done = cli("-m", "amc.train", *args, f"hydra.run.dir={straight}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "amc.train", *args, "callbacks.checkpoint_every=4", f"hydra.run.dir={killed}"],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    latest, deadline = killed / "checkpoints" / "latest.json", time.time() + 120
+    while proc.poll() is None and time.time() < deadline:
+        if latest.exists() and json.loads(latest.read_text())["episode"] >= 8:
+            break
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the search finished before it could be killed"
+    resumed = cli("-m", "amc.train", f"resume={killed}", f"hydra.run.dir={tmp_path / 'resume_log'}")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    a, b = (json.loads((d / "best_policy.json").read_text()) for d in (killed, straight))
+    assert a["policy"] == b["policy"] and a["episode"] == b["episode"] and a["reward"] == b["reward"]
+    rows = [
+        [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader((d / "episodes.csv").open())]
+        for d in (killed, straight)
+    ]
+    assert rows[0] == rows[1]
