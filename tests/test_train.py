@@ -212,6 +212,7 @@ def test_other_sb3_agents_resume_after_sigkill_with_the_same_best_policy(
     _same_search(killed, straight)
 
 
+@pytest.mark.slow  # 20 s; tests/test_parallel.py kills an n_envs=2 search and its workers in the default run
 def test_resume_after_sigkill_with_parallel_episodes(tiny_root: Path, tmp_path: Path) -> None:
     """``agent.n_envs=2`` (two evaluation workers, lockstep episodes) through the command: kill, ``resume=``, same search."""
     straight = tmp_path / "straight"
