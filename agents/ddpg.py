@@ -152,7 +152,9 @@ class DDPGAgent(SB3Agent):
         if self.sigma < 0 or not 0 <= self.sigma_floor:
             raise AmcError("agent.sigma and agent.sigma_floor must be >= 0")
         if self.anchor is not None and not self.anchor > 0:
-            raise AmcError(f"agent.anchor={self.anchor:g} must be > 0 (TD3+BC's alpha, e.g. 2.5), or null for plain DDPG")
+            raise AmcError(
+                f"agent.anchor={self.anchor:g} must be > 0 (TD3+BC's alpha, e.g. 2.5), or null for plain DDPG"
+            )
         if self.anchor is not None and self.reference == "none":
             raise AmcError(
                 "agent.anchor holds the actor near action 0, the reference, but agent.reference=none centres the "

@@ -277,7 +277,7 @@ class SB3Agent(Agent):
 
     @property
     def probe_episodes(self) -> int:
-        """Episodes the probe is expected to take: 1 with ``probe`` and no demonstration (which may measure the reference)."""
+        """Episodes the probe is expected to take: 1 with ``probe`` and no demonstration (which may measure it)."""
         return int(self.probe and not self.demos)
 
     @property

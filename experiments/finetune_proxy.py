@@ -4,7 +4,8 @@
 
 Loads (or trains) the cached default baseline (fmnist_cnn on Fashion-MNIST) and draws random legal
 policies through S4's problem (``benchmarks/search_quality.py``: prune mode, MACs <= 0.3, the budget
-wall) that use at least 90 % of the budget, as searched policies do, plus the uniform policy. Each policy is scored on the search split the ways a search could score
+wall) that use at least 90 % of the budget, as searched policies do, plus the uniform policy.
+Each policy is scored on the search split the ways a search could score
 it (the environment's own ``evaluate``, so exactly what an episode reports):
 
 - ``bn``: channels pruned, BN statistics re-estimated on 4 x 128 training images (the default);

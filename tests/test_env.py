@@ -19,7 +19,7 @@ from torch import nn
 from amc.compress import Compressor, Policy
 from amc.cost import FP32, CostModel
 from amc.errors import AmcError
-from amc.graph import build_graph
+from amc.graph import ModelGraph, build_graph
 from amc.hardware import HardwareModel, load_preset
 from amc.models import build_model
 from amc.pruning import prune_model
@@ -333,13 +333,17 @@ def test_prune_model_rejects_wrong_lengths() -> None:
         prune_model(model, graph, [])
 
 
-def test_per_episode_finetune_keeps_weights_on_the_grid_and_helps() -> None:
+def _fmnist_cnn_and_batch() -> tuple[nn.Module, ModelGraph, torch.Tensor, torch.Tensor]:
+    """A seeded, untrained fmnist_cnn (it has dropout), its graph and 64 random labelled images."""
     torch.manual_seed(0)
     model = build_model("fmnist_cnn", num_classes=10, in_channels=1).eval()
     graph = build_graph(model, (1, 28, 28))
     gen = torch.Generator().manual_seed(0)
-    x = torch.randn(64, 1, 28, 28, generator=gen)
-    y = torch.randint(0, 10, (64,), generator=gen)
+    return model, graph, torch.randn(64, 1, 28, 28, generator=gen), torch.randint(0, 10, (64,), generator=gen)
+
+
+def test_per_episode_finetune_keeps_weights_on_the_grid_and_helps() -> None:
+    model, graph, x, y = _fmnist_cnn_and_batch()
     batches = [(x[i : i + 32], y[i : i + 32]) for i in (0, 32)] * 5
     policy = Policy(
         graph.channels_from_ratios([0.5] * len(graph.groups)), [4] * len(graph.units), [8] * len(graph.units)
@@ -359,15 +363,11 @@ def test_per_episode_finetune_keeps_weights_on_the_grid_and_helps() -> None:
 
 
 def test_per_episode_finetune_scores_a_policy_the_same_whatever_the_global_generator() -> None:
-    """fmnist_cnn has dropout: the short fine-tune must draw it from its own seed (the evaluation cache relies on it)."""
-    torch.manual_seed(0)
-    model = build_model("fmnist_cnn", num_classes=10, in_channels=1).eval()
-    graph = build_graph(model, (1, 28, 28))
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randn(64, 1, 28, 28, generator=gen)
-    y = torch.randint(0, 10, (64,), generator=gen)
+    """fmnist_cnn has dropout: the short fine-tune draws it from its own seed (the evaluation cache relies on it)."""
+    model, graph, x, y = _fmnist_cnn_and_batch()
     batches = [(x[i : i + 32], y[i : i + 32]) for i in (0, 32)] * 3
-    policy = Policy(graph.channels_from_ratios([0.5] * len(graph.groups)), [8] * len(graph.units), [8] * len(graph.units))
+    n = len(graph.units)
+    policy = Policy(graph.channels_from_ratios([0.5] * len(graph.groups)), [8] * n, [8] * n)
     tuned = Compressor(model, graph, calibration=[x[:32]], finetune_batches=batches, finetune_lr=0.05, seed=3)
     outs = []
     for draw in (1, 2):

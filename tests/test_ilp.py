@@ -5,10 +5,6 @@ from __future__ import annotations
 import csv
 import itertools
 import json
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +15,7 @@ from amc.envs import CompressionEnv
 from test_agents import Recorder, small_env
 from test_env import make_small_env
 from test_pretrain import make_fmnist
-from test_train import REPO, cli, tiny
+from test_train import cli, sigkill_after_checkpoint, tiny
 
 from amc.compress import Policy
 
@@ -150,20 +146,8 @@ def test_train_cli_ilp_resumes_after_sigkill_with_the_same_best_policy(tmp_path:
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     done = cli("-m", "amc.train", *args, f"hydra.run.dir={straight}")
     assert done.returncode == 0, done.stderr[-2000:]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "amc.train", *args, "callbacks.checkpoint_every=4", f"hydra.run.dir={killed}"],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    latest, deadline = killed / "checkpoints" / "latest.json", time.time() + 120
-    while proc.poll() is None and time.time() < deadline:
-        if latest.exists() and json.loads(latest.read_text())["episode"] >= 8:
-            break
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the search finished before it could be killed"
+    killed_args = ["-m", "amc.train", *args, "callbacks.checkpoint_every=4", f"hydra.run.dir={killed}"]
+    assert sigkill_after_checkpoint(killed_args, killed, 8) < 40
     resumed = cli("-m", "amc.train", f"resume={killed}", f"hydra.run.dir={tmp_path / 'resume_log'}")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     a, b = (json.loads((d / "best_policy.json").read_text()) for d in (killed, straight))

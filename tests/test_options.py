@@ -8,8 +8,8 @@ and the noise schedule: the noise is drawn for every learning step and its sigma
 from __future__ import annotations
 
 import numpy as np
-import torch
 import pytest
+import torch
 from amc.agents import DDPGAgent, TruncatedNormalNoise
 from test_agents import Recorder, small_env
 

@@ -168,24 +168,26 @@ def _same_search(killed: Path, straight: Path) -> None:
     assert rows[0] == rows[1] and len(rows[0]) == 14
 
 
-def _kill_and_resume(root: Path, killed: Path, tmp_path: Path, *extra: str, warmup: int = 3) -> None:
-    """Start the search, SIGKILL it after its episode-4 checkpoint (mid-episode), resume it with ``resume=``."""
-    proc = subprocess.Popen(
-        [sys.executable, *_run_args(root, f"hydra.run.dir={killed}", *extra, warmup=warmup)],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    latest, deadline = killed / "checkpoints" / "latest.json", time.time() + 120
+def sigkill_after_checkpoint(args: list[str], run_dir: Path, episode: int, settle: float = 0.0) -> int:
+    """Run ``python *args``, SIGKILL it once ``run_dir`` holds a checkpoint of ``episode`` or later (after
+    ``settle`` more seconds, to stop it mid-episode); returns the episode of the checkpoint left behind."""
+    proc = subprocess.Popen([sys.executable, *args], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    latest, deadline = run_dir / "checkpoints" / "latest.json", time.time() + 120
     while proc.poll() is None and time.time() < deadline:
-        if latest.exists() and json.loads(latest.read_text())["episode"] >= 4:
-            time.sleep(0.2)  # let it run into the next episodes, past the checkpoint
+        if latest.exists() and json.loads(latest.read_text())["episode"] >= episode:
+            time.sleep(settle)
             break
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the search finished before it could be killed"
-    stopped_at = json.loads(latest.read_text())["episode"]
+    return int(json.loads(latest.read_text())["episode"])
+
+
+def _kill_and_resume(root: Path, killed: Path, tmp_path: Path, *extra: str, warmup: int = 3) -> None:
+    """Start the search, SIGKILL it after its episode-4 checkpoint (mid-episode), resume it with ``resume=``."""
+    args = _run_args(root, f"hydra.run.dir={killed}", *extra, warmup=warmup)
+    stopped_at = sigkill_after_checkpoint(args, killed, 4, settle=0.2)
     assert 4 <= stopped_at < 14
 
     resumed = cli("-m", "amc.train", f"resume={killed}", f"hydra.run.dir={tmp_path / 'resume_log'}")
@@ -202,7 +204,7 @@ def test_resume_after_sigkill_ends_with_the_same_best_policy(tiny_root: Path, st
 def test_other_sb3_agents_resume_after_sigkill_with_the_same_best_policy(
     agent: str, tiny_root: Path, tmp_path: Path
 ) -> None:
-    """TD3, SAC and PPO through ``amc.train``: killed mid-search, resumed with ``resume=``, same search as uninterrupted."""
+    """TD3, SAC and PPO through ``amc.train``: killed mid-search, resumed with ``resume=``, as if uninterrupted."""
     warmup = 0 if agent == "ppo" else 3  # PPO has no warm-up (on-policy)
     straight = tmp_path / "straight"
     done = cli(*_run_args(tiny_root, f"agent={agent}", f"hydra.run.dir={straight}", warmup=warmup))
@@ -214,7 +216,7 @@ def test_other_sb3_agents_resume_after_sigkill_with_the_same_best_policy(
 
 @pytest.mark.slow  # 20 s; tests/test_parallel.py kills an n_envs=2 search and its workers in the default run
 def test_resume_after_sigkill_with_parallel_episodes(tiny_root: Path, tmp_path: Path) -> None:
-    """``agent.n_envs=2`` (two evaluation workers, lockstep episodes) through the command: kill, ``resume=``, same search."""
+    """``agent.n_envs=2`` (two workers, lockstep episodes) through the command: kill, ``resume=``, same search."""
     straight = tmp_path / "straight"
     done = cli(*_run_args(tiny_root, f"hydra.run.dir={straight}", "agent.n_envs=2"))
     assert done.returncode == 0, done.stderr[-2000:]
