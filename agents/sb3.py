@@ -166,7 +166,6 @@ class SB3Agent(Agent):
         self.reference_done = False
         self.legal: list[tuple[dict[str, Any], float]] = []  # (policy, reward) of every legal episode so far
         self.reanchored = False  # the re-anchoring after the warm-up is done
-        self.probed = 0  # 1 once the probe episode ran
 
     # --- schedule -------------------------------------------------------------------------------
     def validate(self, episodes: int) -> None:
@@ -281,6 +280,11 @@ class SB3Agent(Agent):
         return int(self.probe and not self.demos)
 
     @property
+    def probed(self) -> int:
+        """1 once the probe episode ran (it is the first episode after the demonstrations), else 0."""
+        return int(len(self.history) > self.n_demo and self.history[self.n_demo]["phase"] == "probe")
+
+    @property
     def n_demo(self) -> int:
         """Episodes the demonstrations take."""
         return sum(self.demo_episodes)
@@ -322,7 +326,6 @@ class SB3Agent(Agent):
                 callback.on_safe_point(self, self.episodes_done)
         learn_end = int(episodes) - self.n_exploit
         if self.probe and self.episodes_done == self.n_demo and not self.legal and learn_end > self.episodes_done:
-            self.probed = 1
             self._play_actor(env, "probe", callback)
         learning = max(0, learn_end - self.episodes_done) // self.n_envs * self.n_envs  # whole batches
         steps = self.learn_steps(learning * env.n_units)
@@ -489,7 +492,6 @@ class SB3Agent(Agent):
             ],
             "legal": [[p, r] for p, r in self.legal],
             "reanchored": self.reanchored,
-            "probed": self.probed,
             "reference_done": self.reference_done,
             "reference_policy": self.reference_policy,
         }
@@ -506,7 +508,6 @@ class SB3Agent(Agent):
             demo.load_state_dict(saved["state"])
         self.legal = [(p, float(r)) for p, r in state["legal"]]
         self.reanchored = bool(state["reanchored"])
-        self.probed = int(state.get("probed", 0))
         self.reference_done = bool(state["reference_done"])
         self.reference_policy = state["reference_policy"]
         if self.reference_done:

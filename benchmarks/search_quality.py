@@ -36,10 +36,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from amc.agents.sb3 import LEARNER_PHASES  # noqa: E402  (the learner's own phases: probe, warm-up, explore, exploit)
+from amc.agents.sb3 import LEARNER_PHASES  # the learner's own phases (probe, warm-up, explore, exploit)
 
+ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "search_quality"
 COMMON = ["hardware=bitfusion_edge", "budgets.latency=null", "pretrain.seed=0", "threads=1"]
 SETTINGS: dict[str, dict] = {
