@@ -35,7 +35,6 @@ from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 from scipy.stats import kendalltau, spearmanr
 
-from amc.compress import Compressor
 from amc.evaluate import accuracy
 from amc.pretrain import load_or_pretrain
 from amc.qat import prepare_qat, strip_qat
@@ -92,13 +91,11 @@ def main() -> None:
         print(f"score {name}: {seconds[name]:.2f} s per policy", flush=True)
 
     recipe = Recipe.from_cfg(ft_cfg)
-    calib = list(base.compressor.calibration)
     after, macs = [], []
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         for i, policy in enumerate(policies):
-            compressor = Compressor(dense, base.graph, calibration=calib, seed=0)
-            model = compressor.apply(policy)
+            model = base.compressor.apply(policy)  # BN re-estimated, no reconstruction: the "bn" score's model
             prepare_qat(model, base.graph, policy.w_bits, True)
             teacher = dense if recipe.kd else None  # as amc.finetune does
             torch.manual_seed(0)  # dropout: each policy's fine-tune as in a fresh amc.finetune process

@@ -17,6 +17,7 @@ from amc.agents import CallbackList, DDPGAgent, GreedySearch, RandomSearch, Unif
 from amc.agents.callbacks import Checkpointer, latest_checkpoint, restore_rng
 from amc.envs.pool import EvaluationPool
 from test_agents import _Stop, _StopAt, small_env
+from test_train import sigkill_after_checkpoint
 
 from amc.compress import Policy
 from amc.errors import AmcError
@@ -162,28 +163,17 @@ def test_ddpg_n_envs_resumes_after_sigkill(tmp_path: Path) -> None:
     run = tmp_path / "run"
     run.mkdir()
 
-    def start(resume: bool) -> subprocess.Popen:
-        code = _SCRIPT.format(tests=str(REPO / "tests"), run=str(run), resume=resume)
-        err = subprocess.PIPE if resume else subprocess.DEVNULL
-        return subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stderr=err, text=True)
+    def script(resume: bool) -> str:
+        return _SCRIPT.format(tests=str(REPO / "tests"), run=str(run), resume=resume)
 
-    proc = start(False)
-    latest, deadline = run / "checkpoints" / "latest.json", time.time() + 120
-    while proc.poll() is None and time.time() < deadline:
-        if latest.exists() and json.loads(latest.read_text())["episode"] >= 3:
-            break
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the search finished before it could be killed"
-    assert 3 <= json.loads(latest.read_text())["episode"] < 11
+    assert 3 <= sigkill_after_checkpoint(["-c", script(False)], run, 3) < 11
     pids = json.loads((run / "pids.json").read_text())
     deadline = time.time() + 10
     while any(_alive(p) for p in pids) and time.time() < deadline:
         time.sleep(0.05)
     assert not any(_alive(p) for p in pids), "an evaluation worker outlived its killed search"
 
-    resumed = start(True)
+    resumed = subprocess.Popen([sys.executable, "-c", script(True)], cwd=REPO, stderr=subprocess.PIPE, text=True)
     _, err = resumed.communicate(timeout=120)
     assert resumed.returncode == 0, err[-2000:]
     assert _rows(json.loads((run / "episodes.json").read_text())) == _rows(straight)
