@@ -21,7 +21,7 @@ from amc.cost import FP32
 from amc.errors import AmcError
 from amc.graph import ModelGraph
 from amc.pruning import keep_indices, prune_model
-from amc.quantize import activation_quantizers, calibrate_ranges, quantize_model, quantize_weight
+from amc.quantize import ActivationQuantizer, activation_quantizers, calibrate_ranges, quantize_model, quantize_weight
 from amc.selection import capture_unit_inputs, channel_scores
 
 
@@ -141,17 +141,31 @@ def _unit_inputs(graph: ModelGraph, kept: Sequence[int]) -> list[int]:
     return [u.fixed_in + sum(kept[g] * m for g, m in u.in_groups) for u in graph.units]
 
 
-def recalibrate_bn(model: nn.Module, batches: Sequence[torch.Tensor]) -> None:
+def recalibrate_bn(
+    model: nn.Module, batches: Sequence[torch.Tensor], quantizers: Sequence[ActivationQuantizer] = ()
+) -> None:
     """Re-estimate BatchNorm running statistics on ``batches`` (adaptive BN, EagleEye, Li et al. 2020).
 
-    Only the BatchNorm layers run in train mode; dropout and the rest stay in eval mode.
+    Only the BatchNorm layers run in train mode; dropout and the rest stay in eval mode. Activation
+    ``quantizers`` given here are calibrated in the same pass (``amc.quantize``'s running calibration):
+    each unit's range is measured on the first batch, on what the re-normalising BatchNorm layers and
+    the quantized units before it produce, then frozen, so every batch's statistics are measured with
+    the final ranges. One pass instead of two (ranges, then statistics), and the ranges no longer come
+    from the statistics that are about to be replaced. Against a fixed point of the two (re-measured in
+    turn until each is measured under the other) on 30 random joint policies it is the closer one:
+    Spearman 0.988 against 0.962 for ranges-then-statistics, largest difference 8.4 points against 17.9
+    (``python experiments/calibration_fidelity.py --policies 30``).
 
     Args:
         model: the model, modified in place and left in eval mode.
         batches: input batches.
+        quantizers: activation quantizers attached to ``model`` to calibrate in the same pass (fresh
+            ones; a unit whose first batch was all zeros keeps measuring until it sees a non-zero input).
     """
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not bns or not batches:
+        if quantizers:  # ranges alone (none without batches: the quantizers then pass their inputs through)
+            calibrate_ranges(model, quantizers, batches, running=True)
         return
     model.eval()
     saved = []
@@ -160,9 +174,18 @@ def recalibrate_bn(model: nn.Module, batches: Sequence[torch.Tensor]) -> None:
         m.reset_running_stats()
         m.momentum = None  # cumulative average over all recalibration batches
         m.train()
+    for q in quantizers:
+        q.calibrating = q.running = True
     with torch.no_grad():
         for x in batches:
             model(x)
+            # Ranges come from the first batch (a unit that has seen only zeros keeps looking) and are
+            # frozen from then on, so every batch's statistics are measured with the final ranges.
+            for q in quantizers:
+                if q.max_abs > 0.0:
+                    q.calibrating = q.running = False
+    for q in quantizers:
+        q.calibrating = q.running = False
     for m, mom in zip(bns, saved):
         m.momentum = mom
         m.eval()
@@ -224,7 +247,7 @@ class Compressor:
         Args:
             policy: the decision.
             timing: when given, seconds spent per phase are added to it (selection, reconstruction,
-                quantization, bn_recalibration).
+                quantization: the weights, finetune, calibration: BN statistics and activation ranges).
         """
         timing = timing if timing is not None else {}
         t = time.perf_counter()
@@ -236,23 +259,21 @@ class Compressor:
             self._reconstruct(model, keep, policy)
         t = _lap(timing, "reconstruction", t)
         names = [u.name for u in self.graph.units]
+        quantizers: list[ActivationQuantizer] = []
         if any(b < FP32 for b in list(policy.w_bits) + list(policy.a_bits)):
-            quantize_model(model, names, policy.w_bits, policy.a_bits, self.calibration, self.symmetric)
+            quantize_model(model, names, policy.w_bits, policy.a_bits, None, self.symmetric)
+            quantizers = [q for q in activation_quantizers(model).values() if q.calibrating]
+            # Ranges are measured in the BatchNorm pass below when there is one and nothing runs in between.
+            if quantizers and (self.finetune_batches or not self.bn_recalibration):
+                calibrate_ranges(model, quantizers, self.calibration, running=True)
+                quantizers = []
         t = _lap(timing, "quantization", t)
         if self.finetune_batches:
             self._short_finetune(model, policy)
         t = _lap(timing, "finetune", t)
         if self.bn_recalibration:
-            recalibrate_bn(model, self.calibration)
-            # Ranges were measured with the trained BN statistics. Pruning can shift a unit's input so far that
-            # it is all zeros then (after a ReLU): its quantizer saw a range of 0 and would pass the input
-            # through in float, scoring a quantized policy as if it were not. Measure those ranges again on
-            # the re-estimated model, and the statistics once more with them quantized.
-            blind = [q for q in activation_quantizers(model).values() if q.bits < FP32 and q.max_abs == 0.0]
-            if blind:
-                calibrate_ranges(model, blind, self.calibration)
-                recalibrate_bn(model, self.calibration)
-        _lap(timing, "bn_recalibration", t)
+            recalibrate_bn(model, self.calibration, quantizers)
+        _lap(timing, "calibration", t)
         model.eval()
         return model
 

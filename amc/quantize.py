@@ -4,7 +4,10 @@
   levels), asymmetric as an option. Applied in place to a compressed copy.
 - Activations: per tensor, on each unit's input, calibrated on a few batches (max of |x|); unsigned
   when calibration saw no negative value (e.g. after ReLU). Implemented as a forward pre-hook object
-  that holds its own scale, so deep copies and ``state_dict`` stay plain.
+  that holds its own scale, so deep copies and ``state_dict`` stay plain. A *running* calibration
+  quantizes each batch with the range seen so far, so every unit's range is measured on the inputs
+  the quantized units before it produce (one pass for the whole network; ``recalibrate_bn`` uses it to
+  measure ranges and BatchNorm statistics together).
 
 ``FP32`` (32) bits means "leave this tensor in float".
 """
@@ -81,6 +84,7 @@ class ActivationQuantizer:
         self.max_abs = 0.0
         self.signed = False
         self.calibrating = True
+        self.running = False  # while calibrating: quantize with the range so far instead of passing through
 
     def observe(self, x: torch.Tensor) -> None:
         """Widen the calibrated range to cover ``x``."""
@@ -94,7 +98,8 @@ class ActivationQuantizer:
         x = inputs[0]
         if self.calibrating:
             self.observe(x)
-            return None
+            if not self.running:
+                return None
         if self.bits >= FP32 or self.max_abs == 0.0:
             return None
         if self.signed:
@@ -112,7 +117,7 @@ def quantize_model(
     unit_names: Sequence[str],
     w_bits: Sequence[int],
     a_bits: Sequence[int],
-    calibration: Sequence[torch.Tensor],
+    calibration: Sequence[torch.Tensor] | None,
     symmetric: bool = True,
 ) -> list[torch.utils.hooks.RemovableHandle]:
     """Quantize the weights of every unit in place and attach calibrated activation quantizers.
@@ -124,7 +129,9 @@ def quantize_model(
         unit_names: module names of the units, in graph order.
         w_bits: weight bits per unit.
         a_bits: activation bits per unit.
-        calibration: input batches for the activation ranges.
+        calibration: input batches for the activation ranges (a running calibration, see the module
+            docstring); ``None`` leaves the quantizers calibrating, for the caller to calibrate them (as
+            ``amc.compress.recalibrate_bn`` does, together with the BatchNorm statistics).
         symmetric: symmetric (default) or asymmetric weight quantization.
     """
     modules = dict(model.named_modules())
@@ -138,8 +145,8 @@ def quantize_model(
         if int(ab) < FP32:
             q = ActivationQuantizer(int(ab))
             hooks.append((q, modules[name].register_forward_pre_hook(q)))
-    if hooks:
-        calibrate_ranges(model, [q for q, _ in hooks], calibration)
+    if hooks and calibration is not None:
+        calibrate_ranges(model, [q for q, _ in hooks], calibration, running=True)
     return [h for _, h in hooks]
 
 
@@ -154,7 +161,10 @@ def activation_quantizers(model: nn.Module) -> dict[str, ActivationQuantizer]:
 
 
 def calibrate_ranges(
-    model: nn.Module, quantizers: Sequence[ActivationQuantizer], batches: Sequence[torch.Tensor]
+    model: nn.Module,
+    quantizers: Sequence[ActivationQuantizer],
+    batches: Sequence[torch.Tensor],
+    running: bool = False,
 ) -> None:
     """Measure the ranges of ``quantizers`` (attached to ``model``) on ``batches`` in eval mode, then freeze them.
 
@@ -162,9 +172,11 @@ def calibrate_ranges(
         model: the model the quantizers hook into (its train/eval mode is restored).
         quantizers: the activation quantizers, observing from now until the end of the pass.
         batches: input batches.
+        running: quantize each batch with the range seen so far while measuring (the module docstring),
+            instead of measuring every range on float inputs.
     """
     for q in quantizers:
-        q.calibrating = True
+        q.calibrating, q.running = True, running
     was_training = model.training
     model.eval()
     with torch.no_grad():
@@ -172,4 +184,4 @@ def calibrate_ranges(
             model(x)
     model.train(was_training)
     for q in quantizers:
-        q.calibrating = False
+        q.calibrating = q.running = False

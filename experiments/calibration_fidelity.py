@@ -1,22 +1,29 @@
-"""How much does the calibration set change the search accuracy an episode reports? Random policies, five sets.
+"""How much do the calibration set and pass change the search accuracy an episode reports? Random policies.
 
     python experiments/calibration_fidelity.py --policies 30
 
 Loads (or trains) the cached default baseline and draws random policies through the default problem
 (joint mode, latency <= 0.5 on bitfusion_edge, the budget wall). Each policy is compressed and evaluated
-on the search split with:
+on the search split with activation ranges and BN statistics re-estimated on B training batches of N
+images (BxN: 4x128 is the default, ``env.calibration_batches`` x ``env.calibration_batch_size``), two ways:
 
-activation ranges and BN statistics re-estimated on B training batches of N images (BxN: 4x128 is the
-default, ``env.calibration_batches`` x ``env.calibration_batch_size``).
+- ``one-pass`` (the library's): ranges and BN statistics measured in the same pass, each unit's range on
+  what the quantized, re-normalised units before it produce (``amc.compress.recalibrate_bn``);
+- ``two-pass`` (the library's way until 2026-11-30): ranges on float inputs under the trained BN statistics,
+  then the statistics in a second pass with the activations quantized (and both again for a unit whose
+  input the old statistics silenced).
 
-It prints, against 4x128, the mean and largest absolute accuracy difference (points) and
-Spearman's rank correlation over the policies (the search only needs the order right), and the
-seconds per episode of each. Seeds are fixed: reruns give the same accuracies.
+It prints, against a fixed point on the largest set (16x128: ranges and statistics re-measured in turn,
+three rounds, so each is measured under the other, as the evaluated model uses them), the mean accuracy,
+the mean and largest absolute difference (points), Spearman's rank correlation over the policies (the
+search only needs the order right) and the seconds per episode of each.
+Seeds are fixed: reruns give the same accuracies.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 
 import numpy as np
@@ -26,10 +33,64 @@ from hydra import compose, initialize_config_module
 from hydra.utils import instantiate
 from scipy.stats import spearmanr
 
-from amc.compress import Compressor
+from amc.compress import Compressor, Policy, recalibrate_bn
+from amc.cost import FP32
 from amc.pretrain import load_or_pretrain
+from amc.pruning import prune_model
+from amc.quantize import activation_quantizers, calibrate_ranges, quantize_model
 
-WAYS = [(4, 128), (2, 128), (1, 128), (2, 64), (1, 64)]
+# (method, batches, batch size); the first is the reference.
+WAYS = [
+    ("fixed-point", 16, 128),
+    ("two-pass", 16, 128),
+    ("two-pass", 4, 128),
+    ("one-pass", 16, 128),
+    ("one-pass", 4, 128),
+    ("one-pass", 2, 128),
+    ("one-pass", 1, 128),
+    ("two-pass", 1, 128),
+]
+
+
+class TwoPassCompressor(Compressor):
+    """``Compressor`` with the calibration the library used until 2026-11-30 (no reconstruction, no fine-tune)."""
+
+    def apply(self, policy: Policy, timing: dict[str, float] | None = None) -> torch.nn.Module:
+        model = copy.deepcopy(self.model)
+        prune_model(model, self.graph, self.keep(policy), self.example)
+        names = [u.name for u in self.graph.units]
+        if any(b < FP32 for b in list(policy.w_bits) + list(policy.a_bits)):
+            quantize_model(model, names, policy.w_bits, policy.a_bits, None, self.symmetric)
+            qs = [q for q in activation_quantizers(model).values() if q.calibrating]
+            calibrate_ranges(model, qs, self.calibration, running=False)
+        if self.bn_recalibration:
+            recalibrate_bn(model, self.calibration)
+            blind = [q for q in activation_quantizers(model).values() if q.bits < FP32 and q.max_abs == 0.0]
+            if blind:
+                calibrate_ranges(model, blind, self.calibration)
+                recalibrate_bn(model, self.calibration)
+        return model.eval()
+
+
+class FixedPointCompressor(Compressor):
+    """Ranges and BN statistics re-measured in turn until each is measured under the other (3 rounds).
+
+    The consistent calibration: every range is the largest input its unit sees under the final statistics
+    (with the units before it quantized), and the statistics are measured with those ranges. The reference.
+    """
+
+    def apply(self, policy: Policy, timing: dict[str, float] | None = None) -> torch.nn.Module:
+        model = copy.deepcopy(self.model)
+        prune_model(model, self.graph, self.keep(policy), self.example)
+        names = [u.name for u in self.graph.units]
+        quantize_model(model, names, policy.w_bits, policy.a_bits, None, self.symmetric)
+        qs = [q for q in activation_quantizers(model).values() if q.calibrating]
+        for _ in range(3):
+            for q in qs:
+                q.max_abs, q.signed = 0.0, False
+            calibrate_ranges(model, qs, self.calibration, running=True)
+            recalibrate_bn(model, self.calibration)
+        return model.eval()
 
 
 def main() -> None:
@@ -61,18 +122,20 @@ def main() -> None:
         f"search split {len(env.search_y)} images, dense {100 * env.dense_accuracy:.2f}%"
     )
     results = {}
-    for batches, size in WAYS:
+    for method, batches, size in WAYS:
         calib = [x for x, _ in data.calibration_batches(batches, size, 0)]
-        env.compressor = Compressor(model, env.graph, calibration=calib)
+        kind = {"fixed-point": FixedPointCompressor, "two-pass": TwoPassCompressor}.get(method, Compressor)
+        env.compressor = kind(model, env.graph, calibration=calib)
         t0 = time.perf_counter()
         accs = np.array([env.evaluate(p)["accuracy"] for p in policies]) * 100
-        results[(batches, size)] = (accs, (time.perf_counter() - t0) / len(policies))
+        results[(method, batches, size)] = (accs, (time.perf_counter() - t0) / len(policies))
     ref, _ = results[WAYS[0]]
-    print(f"{'calibration':<16}{'mean acc':>9}{'mean |d|':>10}{'max |d|':>9}{'spearman':>10}{'s/episode':>11}")
-    for key, (accs, sec) in results.items():
+    print(f"{'calibration':<20}{'mean acc':>9}{'mean |d|':>10}{'max |d|':>9}{'spearman':>10}{'s/episode':>11}")
+    for (method, batches, size), (accs, sec) in results.items():
         d = np.abs(accs - ref)
         rho = spearmanr(accs, ref).statistic
-        print(f"{f'{key[0]}x{key[1]}':<16}{accs.mean():>9.2f}{d.mean():>10.2f}{d.max():>9.2f}{rho:>10.3f}{sec:>11.3f}")
+        name = f"{method} {batches}x{size}"
+        print(f"{name:<20}{accs.mean():>9.2f}{d.mean():>10.2f}{d.max():>9.2f}{rho:>10.3f}{sec:>11.3f}")
 
 
 if __name__ == "__main__":

@@ -140,7 +140,7 @@ def test_episode_info_reports_targets_achieved_and_policy() -> None:
     assert info["accuracy"] == pytest.approx(top1)
     assert reward == pytest.approx(top1)  # the default reward is accuracy
     assert len(info["policy"]["units"]) == env.n_units
-    assert {"selection", "quantization", "bn_recalibration", "evaluation"} <= set(info["timing"])
+    assert {"selection", "quantization", "calibration", "evaluation"} <= set(info["timing"])
     assert 0.0 <= info["accuracy"] <= 1.0
 
 

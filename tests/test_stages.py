@@ -17,6 +17,7 @@ from torch import nn
 from amc.compress import Compressor, Policy
 from amc.cost import FP32
 from amc.graph import build_graph
+from amc.quantize import activation_quantizers
 
 SHAPE = (1, 10, 10)
 
@@ -253,3 +254,59 @@ def test_a_unit_silenced_by_the_trained_statistics_is_still_quantized() -> None:
     x = seen[0]
     assert float(x.abs().max()) > 0, "c2's input should be alive after BN re-estimation"
     assert len(torch.unique(x)) <= 4, "c2's input ran in float: its quantizer was calibrated on zeros"
+
+
+def test_ranges_and_statistics_are_measured_in_one_pass_under_the_new_statistics() -> None:
+    model, calib = _model(), _batches(3)  # the trained statistics are wrong: ranges measured under them would be too
+    graph = build_graph(model, SHAPE)
+    comp = Compressor(model, graph, calibration=calib)
+    calls: list[int] = []
+    comp.model.register_forward_pre_hook(lambda _m, inp: calls.append(len(inp[0])))
+    out = comp.apply(_policy(graph, 1.0, FP32, 4))
+    assert len(calls) == len(calib), f"{len(calls)} calibration forwards for {len(calib)} batches: not one pass"
+    q = activation_quantizers(out)["c2"]
+    assert not q.calibrating and not q.running
+    # Independently: c2's float input on the first batch, c1's input quantized with its final range and bn1
+    # normalising by that batch's own statistics, as it does while its statistics are re-estimated.
+    probe = copy.deepcopy(out)
+    seen: list[torch.Tensor] = []
+    probe.bn1.register_forward_hook(lambda _m, _i, o: seen.append(torch.relu(o).detach()))
+    probe.bn1.train()
+    with torch.no_grad():
+        probe(calib[0])
+    assert q.max_abs == pytest.approx(float(seen[0].abs().max()), rel=1e-5)
+    # The other batches were measured with that range: the statistics are those of the quantized inputs.
+    for name, inputs in _bn_inputs(out, calib).items():
+        bn = dict(out.named_modules())[name]
+        torch.testing.assert_close(bn.running_mean, torch.stack([x.mean(dim=(0, 2, 3)) for x in inputs]).mean(0))
+
+
+def test_thinet_holds_sampled_rows_of_every_image_not_whole_inputs(monkeypatch: pytest.MonkeyPatch) -> None:
+    import amc.selection as selection
+
+    model, calib = _model(wrong_stats=False), _batches()  # 2 batches of 16 images
+    graph = build_graph(model, SHAPE)
+    c2 = next(i for i, u in enumerate(graph.units) if u.name == "c2")
+    held: dict[int, list[torch.Tensor]] = {}
+    capture = selection.capture_unit_inputs
+
+    def spy(*args, **kwargs):
+        out = capture(*args, **kwargs)
+        held.update(out)
+        return out
+
+    monkeypatch.setattr(selection, "capture_unit_inputs", spy)
+    scores = selection.thinet_scores(model, graph, calib, samples=40)
+    # 40 samples over 32 images: 2 unfolded 3x3 rows per image, drawn as each batch passes.
+    assert [tuple(x.shape) for x in held[c2]] == [(32, 72), (32, 72)]
+    inputs: list[torch.Tensor] = []
+    h = model.c2.register_forward_pre_hook(lambda _m, inp: inputs.append(inp[0].detach()))
+    with torch.no_grad():
+        for x in calib:
+            model(x)
+    h.remove()
+    full = nn.functional.unfold(torch.cat(inputs), 3, padding=1).permute(0, 2, 1)  # [32, 100, 72]
+    rows = torch.cat(held[c2]).reshape(32, 2, 72)
+    for i in range(32):  # each image's rows are rows of that image's own input
+        assert all(bool((full[i] == r).all(-1).any()) for r in rows[i])
+    assert sorted(scores[graph.units[c2].in_groups[0][0]].tolist()) == list(range(8))  # an order of c1's channels
