@@ -134,9 +134,20 @@ def thinet_scores(
         for ui in g.consumers
         if not graph.units[ui].depthwise and graph.units[ui].groups == 1
     }
-    inputs = capture_unit_inputs(model, graph, consumers, batches)
     modules = dict(model.named_modules())
     gen = torch.Generator().manual_seed(seed)
+    n_images = sum(int(x.shape[0]) for x in batches)
+    per_image = -(-samples // max(n_images, 1))
+
+    def sample(ui: int, x: torch.Tensor) -> torch.Tensor:
+        # Each image gives ``per_image`` random rows of the consumer's (unfolded) input, drawn as its batch
+        # passes: only the samples are held, never a consumer's whole input over the calibration set.
+        return _sample_rows(modules[graph.units[ui].name], graph.units[ui], x, per_image, gen)
+
+    rows = {}
+    for ui, xs in capture_unit_inputs(model, graph, consumers, batches, keep=sample).items():
+        x = torch.cat(xs)
+        rows[ui] = x[torch.randperm(len(x), generator=gen)[:samples]]  # spread over all the images
     scores = []
     for g, fb in zip(graph.groups, fallback):
         parts = []
@@ -144,7 +155,7 @@ def thinet_scores(
             if ui not in consumers:
                 continue
             u = graph.units[ui]
-            contrib = _channel_contributions(modules[u.name], u, torch.cat(inputs[ui]), g.index, graph, samples, gen)
+            contrib = _channel_contributions(modules[u.name], u, rows[ui], g.index, graph)
             if contrib is not None:
                 parts.append(contrib)
         if not g.prunable or not parts:
@@ -155,31 +166,45 @@ def thinet_scores(
     return scores
 
 
+def _sample_rows(module: nn.Module, unit, x: torch.Tensor, per_image: int, gen: torch.Generator) -> torch.Tensor:
+    """Up to ``per_image`` random rows per image of ``unit``'s input ``x`` (as many as it has positions):
+    [N * rows, in_channels * k] for a convolution (unfolded k x k patches), [N * rows, in_features] for a
+    linear layer."""
+    x = x.detach().float().cpu()
+    if unit.kind == "conv":
+        cols = nn.functional.unfold(
+            x, unit.kernel_size, padding=unit.padding, stride=unit.stride, dilation=module.dilation
+        )  # [N, C*k, L]
+        n, _, positions = cols.shape
+        pick = torch.randint(0, positions, (n, min(per_image, positions)), generator=gen)
+        return torch.gather(cols, 2, pick.unsqueeze(1).expand(-1, cols.shape[1], -1)).permute(0, 2, 1).flatten(0, 1)
+    x = x.reshape(x.shape[0], -1, x.shape[-1])  # [N, positions, C]: a linear layer on sequences counts positions
+    n, positions, _ = x.shape
+    pick = torch.randint(0, positions, (n, min(per_image, positions)), generator=gen)
+    return torch.gather(x, 1, pick.unsqueeze(2).expand(-1, -1, x.shape[2])).flatten(0, 1)
+
+
 def _channel_contributions(
-    module: nn.Module, unit, x: torch.Tensor, group: int, graph: ModelGraph, samples: int, gen: torch.Generator
+    module: nn.Module, unit, rows: torch.Tensor, group: int, graph: ModelGraph
 ) -> torch.Tensor | None:
-    """[channels of group, n] matrix: each group channel's summed contribution to sampled consumer outputs."""
+    """[channels of group, n] matrix: each group channel's summed contribution to the sampled consumer outputs.
+
+    Args:
+        rows: sampled inputs of the consumer (``_sample_rows``): [S, in_channels * k] or [S, in_features].
+    """
     if group not in unit.in_map:
         return None
     cols_idx, roots = unit.in_map[group]
     cols_idx_t, roots_t = torch.as_tensor(cols_idx), torch.as_tensor(roots)
     channels = graph.groups[group].channels
     w = module.weight.detach().float().cpu()
-    x = x.float().cpu()
     if unit.kind == "conv":
-        cols = nn.functional.unfold(
-            x, unit.kernel_size, padding=unit.padding, stride=unit.stride, dilation=module.dilation
-        )  # [N, C*k, L]
-        n, ck, positions = cols.shape
         k = unit.kernel_size[0] * unit.kernel_size[1]
-        pick = torch.randint(0, n * positions, (min(samples, n * positions),), generator=gen)
-        xs = cols.permute(0, 2, 1).reshape(n * positions, ck)[pick].reshape(-1, unit.in_channels, k)[:, cols_idx_t]
+        xs = rows.reshape(-1, unit.in_channels, k)[:, cols_idx_t]
         ws = w.reshape(w.shape[0], unit.in_channels, k)[:, cols_idx_t]
         per_col = torch.einsum("sck,ock->cso", xs, ws)  # [len(cols), S, O]
     else:
-        x = x.reshape(-1, x.shape[-1])
-        pick = torch.randint(0, x.shape[0], (min(samples, x.shape[0]),), generator=gen)
-        per_col = torch.einsum("sc,oc->cso", x[pick][:, cols_idx_t], w[:, cols_idx_t])
+        per_col = torch.einsum("sc,oc->cso", rows[:, cols_idx_t], w[:, cols_idx_t])
     contrib = torch.zeros(channels, *per_col.shape[1:])
     contrib.index_add_(0, roots_t, per_col)  # a flatten maps several input columns to one channel
     return contrib.reshape(channels, -1)
