@@ -13,6 +13,7 @@ import importlib.util
 import logging
 import os
 import re
+import shutil
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -217,7 +218,37 @@ def run_cli(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
             cause = cause.__cause__
         if cause is None:
             raise
+        remove_untouched_run_dir()
         _fail(str(cause))
+
+
+def remove_untouched_run_dir() -> None:
+    """Remove the run directory Hydra made for a command that failed before it did anything.
+
+    A bad setting is refused before any output is written, but Hydra has already created the run directory
+    with its ``.hydra`` folder and an empty log (and the run's claim left its empty lock file). Such a
+    directory is removed, so a mistyped command leaves nothing to clean up. A directory holding anything
+    else, or a log with any line in it, is left as it is.
+    """
+    if not HydraConfig.initialized():
+        return
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    log = run_dir / f"{hc.job.name}.log"
+    ours = {".hydra", log.name, LOCK_FILE}
+    try:
+        names = {p.name for p in run_dir.iterdir()}
+        if not names <= ours or (log.is_file() and log.stat().st_size > 0):
+            return
+        hydra_files = run_dir / ".hydra"
+        if hydra_files.is_dir() and any(p.is_dir() for p in hydra_files.iterdir()):
+            return
+        for name in names:
+            path = run_dir / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        run_dir.rmdir()
+    except OSError:  # someone else's file, a race: leave the directory
+        return
 
 
 def writable_dir_problem(path: str | Path) -> str | None:

@@ -411,6 +411,13 @@ def test_bad_input(case: str, world: Path, tmp_path: Path) -> None:
     changed = [str(p) for p, t in before.items() if after.get(p) != t]
     assert not changed, changed
     assert "pwned" not in res.stdout
+    # A command refused before it did anything leaves no run directory behind (Hydra made one).
+    run = tmp_path / "run"
+    if code == 2 and run.is_dir():
+        log = run / f"{module.split('.')[-1]}.log"
+        assert {p.name for p in run.iterdir()} - {".hydra", log.name, ".amc.lock"} or log.stat().st_size, (
+            f"{run} was left holding only Hydra's files"
+        )
 
 
 def test_overwrite_replaces_a_finished_search(world: Path, tmp_path: Path) -> None:
