@@ -682,7 +682,8 @@ class PPOAgent(SB3Agent):
 
     Args:
         learning_rate: Adam learning rate (SB3 default 3e-4).
-        episodes_per_rollout: episodes collected between updates (rollout = that many x units steps).
+        episodes_per_rollout: episodes collected between updates (rollout = that many x units steps); with
+            ``n_envs`` environments each plays ``ceil(episodes_per_rollout / n_envs)`` of them.
         n_epochs: passes over a rollout per update (SB3 default 10).
         gamma: discount (1: the episode's final reward is every step's return).
         gae_lambda: GAE lambda (1: Monte-Carlo returns, fitting a reward at the end only).
@@ -717,28 +718,28 @@ class PPOAgent(SB3Agent):
             raise AmcError(f"agent.episodes_per_rollout={self.episodes_per_rollout} must be >= 1")
         if self.warmup:
             raise AmcError("PPO has no warm-up phase (it learns on-policy from the start); set agent.warmup=0")
-        if self.n_envs > 1:
-            raise AmcError(
-                f"agent.n_envs={self.n_envs} is for the off-policy agents (ddpg, td3, sac) and the baselines; "
-                "set agent.n_envs=1 for ppo"
-            )
+
+    @property
+    def rollout_episodes_per_env(self) -> int:
+        """Episodes each of the ``n_envs`` environments plays per rollout (``episodes_per_rollout``, rounded up)."""
+        return -(-self.episodes_per_rollout // self.n_envs)
 
     def learn_steps(self, steps: int) -> int:
         """Whole rollouts only: SB3's PPO finishes the rollout it started, which would eat exploitation episodes."""
         assert self.env is not None
-        rollout = self.episodes_per_rollout * self.env.n_units
+        rollout = self.rollout_episodes_per_env * self.n_envs * self.env.n_units
         return (steps // rollout) * rollout
 
     def _make_model(self, env: CompressionEnv, episodes: int) -> BaseAlgorithm:
         from stable_baselines3 import PPO
 
-        n_steps = self.episodes_per_rollout * env.n_units
+        n_steps = self.rollout_episodes_per_env * env.n_units  # per environment
         return PPO(
             "MlpPolicy",
-            env,
+            self.sb3_env(env),
             learning_rate=self.learning_rate,
             n_steps=n_steps,
-            batch_size=n_steps,
+            batch_size=n_steps * self.n_envs,  # the whole rollout in one minibatch, as with one environment
             n_epochs=self.n_epochs,
             gamma=self.gamma,
             gae_lambda=self.gae_lambda,

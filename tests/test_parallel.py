@@ -190,10 +190,35 @@ def test_n_envs_is_checked_with_the_config_and_by_the_agents() -> None:
         check_config(cfg, "train")
     with pytest.raises(AmcError, match=r"^agent\.n_envs=0 must be >= 1"):
         RandomSearch(n_envs=0).validate(4)
+
+
+def ppo2(**kw):  # noqa: ANN201
     from amc.agents import PPOAgent
 
-    with pytest.raises(AmcError, match=r"^agent\.n_envs=2 is for the off-policy agents"):
-        PPOAgent(warmup=0, n_envs=2).validate(10)
+    return PPOAgent(
+        **{"demos": [UniformSearch()], "episodes_per_rollout": 4, "exploit": 1, "seed": 3, "n_envs": 2, **kw}
+    )
+
+
+def test_ppo_n_envs_splits_each_rollout_repeats_and_resumes(tmp_path: Path) -> None:
+    runs = [ppo2().search(small_env(), 12) for _ in range(2)]
+    assert _rows(runs[0].episodes) == _rows(runs[1].episodes)
+    assert runs[0].best is not None and runs[0].best.policy == runs[1].best.policy
+    phases = [r["phase"] for r in runs[0].episodes]
+    # 4 episodes per rollout, 2 per environment: two whole rollouts fit before the exploitation episodes.
+    assert phases == ["demo_uniform"] + ["explore"] * 8 + ["exploit"] * 3
+    assert len({r["reward"] for r in runs[0].episodes if r["phase"] == "explore"}) > 1
+    assert ppo2(episodes_per_rollout=3).rollout_episodes_per_env == 2  # rounded up to whole batches
+    # A checkpoint at the first rollout's end resumes into the same search.
+    env = small_env()
+    with pytest.raises(_Stop, match=r"^stopped at a safe point$"):
+        ppo2().search(env, 12, CallbackList([Checkpointer(tmp_path / "checkpoints", every=1, env=env), _StopAt(5)]))
+    np.random.seed(123), torch.manual_seed(123)
+    env2, resumed = small_env(), ppo2()
+    ckpt = latest_checkpoint(tmp_path)
+    resumed.load(ckpt, env2, 12)
+    restore_rng(ckpt, env2)
+    assert _rows(resumed.search(env2, 12).episodes) == _rows(runs[0].episodes)
 
 
 def test_one_noise_schedule_for_parallel_episodes() -> None:
