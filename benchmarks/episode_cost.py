@@ -1,10 +1,11 @@
 """What one search episode costs: per phase, against one forward pass, over workers, and in memory.
 
-Three parts, each measured in one run (timings on shared machines swing; compare the ratios):
+Four parts, each measured in one run (timings on shared machines swing; compare the ratios):
 
     python benchmarks/episode_cost.py phases            # seconds per phase, episode / forward ratio
     python benchmarks/episode_cost.py workers           # episodes per second with agent.n_envs = 1, 2, 4
     python benchmarks/episode_cost.py memory            # peak RSS of a 400-episode prune search
+    python benchmarks/episode_cost.py autoq --peer-python PATH   # quantize episodes against NNCF's AutoQ
 
 ``phases`` runs episodes of seeded random actions through the budget wall (50% MACs in prune mode, 50%
 BitOps in quantize and joint mode) for each model, mode and search-split size, and times, for the last
@@ -22,11 +23,25 @@ is timed apart from the episodes.
 ``memory`` runs ``python -m amc.train`` (DDPG, prune mode, fmnist_cnn, the cached baseline) as a
 subprocess for 400 episodes and reads its resident memory from ``/proc``: the peak after 20 episodes
 and at the end, and their ratio.
+
+``autoq`` puts a quantize-mode search beside NNCF's AutoQ (HAQ's search in NNCF, the peer named in issue
+#16) on one workload: ResNet-20 on 3x32x32 images (41 M MACs), a 512-image search split, 4 x 128
+calibration images (NNCF: range initialisation once, BN adaptation every episode, on the same 512), one
+torch thread. amc runs its environment alone (seeded random episodes, as ``phases``) and a DDPG search
+(``agent.warmup`` 4 random episodes, then learning); NNCF's AutoQ (4 warm-up episodes, bits 2/4/8) runs
+in ``--peer-python``, a Python with ``nncf`` installed (amc does not depend on it), through
+``benchmarks/peers/nncf_autoq.py``, right after, on the same machine. It prints seconds per episode of
+each, environment alone and whole search, and amc's over NNCF's, and what one evaluation of the split
+costs in each. NNCF 2.19's AutoQ environment skips its BN adaptation (``qctrl.config`` is empty there, so
+``_run_quantization_pipeline`` never calls it) and keeps the ranges initialised once on the float model:
+its episode is one evaluation. amc re-estimates BN statistics and ranges every episode (one more pass
+over the calibration images).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -43,7 +58,7 @@ from amc.data.cifar import write_cifar_batch
 from amc.evaluate import accuracy, tensor_batches
 from amc.models import build_model
 
-PHASES = ["selection", "reconstruction", "quantization", "finetune", "bn_recalibration", "evaluation"]
+PHASES = ["selection", "reconstruction", "quantization", "finetune", "calibration", "evaluation"]
 FMNIST = "/usr/share/datasets/fashion-mnist"
 
 
@@ -232,6 +247,50 @@ def memory(args: argparse.Namespace) -> None:
     print(f"peak RSS over the whole search: {peak / 1024:.0f} MiB; ratio {peak / max(at_early, 1):.3f}")
 
 
+def autoq(args: argparse.Namespace) -> None:
+    """amc's quantize episodes (environment, DDPG search) against NNCF AutoQ's on the same workload."""
+    from amc.agents import DDPGAgent
+
+    load = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        row = bench("resnet20@32", args.split, "quantize", args.episodes, Path(tmp))
+        env_only, forward = row["episode"], row["forward"]
+        data = data_for("resnet20@32", args.split, Path(tmp))
+        torch.manual_seed(0)
+        model = build_model("resnet20", num_classes=10, in_channels=data.in_channels)
+        env = make_env(model, data, budgets={"bitops": 0.5}, mode="quantize", seed=0, eval_cache=0)
+        agent = DDPGAgent(warmup=4 / args.episodes, exploit=0, seed=0)
+        t0 = time.perf_counter()
+        agent.search(env, args.episodes)
+        search = (time.perf_counter() - t0) / args.episodes
+    root = Path(__file__).resolve().parents[1]
+    cmd = [
+        args.peer_python,
+        str(root / "benchmarks" / "peers" / "nncf_autoq.py"),
+        f"--episodes={args.episodes}",
+        "--warmup=4",
+        f"--split={args.split}",
+        "--calibration=512",
+    ]
+    environ = {**os.environ, "PYTHONPATH": str(root), "NNCF_TORCH_LEGACY_TRACING": "1"}
+    with tempfile.TemporaryDirectory() as tmp:  # NNCF writes graph files into its working directory
+        done = subprocess.run(cmd, capture_output=True, text=True, env=environ, cwd=tmp)
+    if done.returncode:
+        tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        raise SystemExit(f"NNCF's AutoQ failed in {args.peer_python} ({tail}); install nncf there or pass another")
+    peer = json.loads(done.stdout.strip().splitlines()[-1])
+    print(f"workload: resnet20 3x32x32, quantize, split {args.split}, {args.episodes} episodes, 1 thread")
+    print(f"load before {load:.2f}, after {os.getloadavg()[0]:.2f}")
+    print(f"{'':<28}{'environment s/ep':>18}{'search s/ep':>13}")
+    print(f"{'amc':<28}{env_only:>18.3f}{search:>13.3f}")
+    print(f"{peer['peer']:<28}{peer['env_s']:>18.3f}{peer['episode_s']:>13.3f}")
+    print(f"{'amc / NNCF':<28}{env_only / peer['env_s']:>18.2f}{search / peer['episode_s']:>13.2f}")
+    print(
+        f"one evaluation of the split: amc {forward:.3f} s, NNCF {peer['eval_s']:.3f} s "
+        f"(NNCF's environment is {peer['env_s'] / peer['eval_s']:.2f} evaluations, amc's {env_only / forward:.2f})"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="part", required=True)
@@ -254,9 +313,13 @@ def main() -> None:
     m.add_argument("--early", type=int, default=20)
     m.add_argument("--model", default="fmnist_cnn")
     m.add_argument("overrides", nargs="*", help="more amc.train overrides (e.g. agent=random)")
+    a = sub.add_parser("autoq", help="quantize episodes against NNCF's AutoQ on ResNet-20 (3x32x32)")
+    a.add_argument("--peer-python", default=sys.executable, help="a Python with nncf installed")
+    a.add_argument("--episodes", type=int, default=16)
+    a.add_argument("--split", type=int, default=512)
     args = parser.parse_args()
     torch.set_num_threads(getattr(args, "threads", 1))
-    {"phases": phases, "workers": workers, "memory": memory}[args.part](args)
+    {"phases": phases, "workers": workers, "memory": memory, "autoq": autoq}[args.part](args)
 
 
 if __name__ == "__main__":
