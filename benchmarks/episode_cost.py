@@ -251,6 +251,12 @@ def autoq(args: argparse.Namespace) -> None:
     """amc's quantize episodes (environment, DDPG search) against NNCF AutoQ's on the same workload."""
     from amc.agents import DDPGAgent
 
+    probe = subprocess.run([args.peer_python, "-c", "import nncf"], capture_output=True, text=True)
+    if probe.returncode:  # before minutes of amc episodes
+        raise SystemExit(
+            f"error: {args.peer_python} cannot import nncf; pass --peer-python with a Python that has it "
+            "(pip install torch==2.13.0 nncf==2.19.0 in a separate venv)"
+        )
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         row = bench("resnet20@32", args.split, "quantize", args.episodes, Path(tmp))

@@ -100,3 +100,21 @@ def test_env_finetune_batches_from_the_config_reach_the_compressor(tmp_path: Pat
     assert len(env.compressor.finetune_batches) == 2 and env.compressor.finetune_lr == 0.05
     x, y = env.compressor.finetune_batches[0]
     assert x.shape == (128, 1, 28, 28) and y.shape == (128,)
+
+
+def test_the_autoq_comparison_without_nncf_is_one_line() -> None:
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    res = subprocess.run(
+        [sys.executable, "benchmarks/episode_cost.py", "autoq", "--peer-python", sys.executable, "--episodes", "1"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if "nncf" in res.stdout and "amc / NNCF" in res.stdout:
+        pytest.skip("nncf is installed in this Python")
+    assert res.returncode != 0 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    assert res.stderr.strip().splitlines()[-1].startswith("error: ") and "cannot import nncf" in res.stderr
