@@ -2,7 +2,8 @@
 
 - Weights: per output channel, symmetric by default (narrow range, so b bits give at most 2^b - 1
   levels), asymmetric as an option. Applied in place to a compressed copy.
-- Activations: per tensor, on each unit's input, calibrated on a few batches (max of |x|); unsigned
+- Activations: per tensor, on each unit's input, calibrated on calibration batches (max of |x|; in a
+  search episode the first batch, see ``amc.compress.recalibrate_bn``); unsigned
   when calibration saw no negative value (e.g. after ReLU). Implemented as a forward pre-hook object
   that holds its own scale, so deep copies and ``state_dict`` stay plain. A *running* calibration
   quantizes each batch with the range seen so far, so every unit's range is measured on the inputs

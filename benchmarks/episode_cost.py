@@ -26,7 +26,8 @@ and at the end, and their ratio.
 
 ``autoq`` puts a quantize-mode search beside NNCF's AutoQ (HAQ's search in NNCF, the peer named in issue
 #16) on one workload: ResNet-20 on 3x32x32 images (41 M MACs), a 512-image search split, 4 x 128
-calibration images (NNCF: range initialisation once, BN adaptation every episode, on the same 512), one
+calibration images (NNCF is configured for range initialisation once and BN adaptation every episode on
+the same 512, but 2.19 skips the adaptation, see below), one
 torch thread. amc runs its environment alone (seeded random episodes, as ``phases``) and a DDPG search
 (``agent.warmup`` 4 random episodes, then learning); NNCF's AutoQ (4 warm-up episodes, bits 2/4/8) runs
 in ``--peer-python``, a Python with ``nncf`` installed (amc does not depend on it), through
@@ -143,7 +144,7 @@ def phases(args: argparse.Namespace) -> None:
         f"reconstruction={'on' if args.reconstruction else 'off'} "
         f"load={os.getloadavg()[0]:.2f}"
     )
-    head = f"{'model':<14}{'mode':<9}{'split':>6}" + "".join(f"{c[:10]:>11}" for c in cols)
+    head = f"{'model':<14}{'mode':<9}{'split':>6}" + "".join(f"{c[:12]:>13}" for c in cols)
     print(head + f"{'episode s':>10}{'forward s':>10}{'ratio':>7}")
     with tempfile.TemporaryDirectory() as tmp:
         for workload in args.models.split(","):
@@ -154,7 +155,7 @@ def phases(args: argparse.Namespace) -> None:
                     )
                     print(
                         f"{workload:<14}{mode:<9}{split:>6}"
-                        + "".join(f"{r.get(c, 0.0):>11.4f}" for c in cols)
+                        + "".join(f"{r.get(c, 0.0):>13.4f}" for c in cols)
                         + f"{r['episode']:>10.4f}{r['forward']:>10.4f}{r['ratio']:>7.2f}",
                         flush=True,
                     )
@@ -251,7 +252,12 @@ def autoq(args: argparse.Namespace) -> None:
     """amc's quantize episodes (environment, DDPG search) against NNCF AutoQ's on the same workload."""
     from amc.agents import DDPGAgent
 
-    probe = subprocess.run([args.peer_python, "-c", "import nncf"], capture_output=True, text=True)
+    try:
+        probe = subprocess.run([args.peer_python, "-c", "import nncf"], capture_output=True, text=True)
+    except OSError as exc:
+        raise SystemExit(
+            f"error: cannot run --peer-python {args.peer_python} ({exc.strerror}); give a Python's path"
+        ) from None
     if probe.returncode:  # before minutes of amc episodes
         raise SystemExit(
             f"error: {args.peer_python} cannot import nncf; pass --peer-python with a Python that has it "
