@@ -22,7 +22,7 @@ from amc.errors import AmcError
 from amc.graph import ModelGraph
 from amc.pruning import keep_indices, prune_model
 from amc.quantize import ActivationQuantizer, activation_quantizers, calibrate_ranges, quantize_model, quantize_weight
-from amc.selection import capture_unit_inputs, channel_scores
+from amc.selection import channel_scores, sample_unit_inputs
 
 
 @dataclass
@@ -311,41 +311,20 @@ class Compressor:
     def _capture_features(self) -> dict[int, _Features]:
         """Sampled dense inputs and outputs of every reconstructable unit, for the least-squares problems.
 
-        Each calibration image gives ``ceil(reconstruction_samples / images)`` random rows of its
-        unfolded patches (one image at a time), and ``reconstruction_samples`` of those are drawn at
-        random (every row when there are fewer: a linear unit has one per image). Memory holds only the
-        samples: never a unit's whole input over the calibration set (gigabytes for an ImageNet model),
-        nor a whole unfolded batch.
+        ``reconstruction_samples`` rows per unit, sampled per calibration image as the images pass
+        (:func:`amc.selection.sample_unit_inputs`): memory never holds a unit's whole input.
         """
         units = self._reconstructable()
         if not units:
             return {}
         modules = dict(self.model.named_modules())
-        n_images = sum(int(x.shape[0]) for x in self.calibration)
-        per_image = -(-self.reconstruction_samples // max(1, n_images))
         gen = torch.Generator().manual_seed(self.seed)
-
-        def sample(ui: int, x: torch.Tensor) -> torch.Tensor:
-            u = self.graph.units[ui]
-            m = modules[u.name]
-            picked = []
-            for xi in x.float():
-                if u.kind == "conv":
-                    cols = nn.functional.unfold(
-                        xi.unsqueeze(0), u.kernel_size, padding=u.padding, stride=u.stride, dilation=m.dilation
-                    )[0].T  # [positions, in_channels * k]
-                else:
-                    cols = xi.reshape(-1, xi.shape[-1])
-                picked.append(cols[torch.randperm(cols.shape[0], generator=gen)[:per_image]].cpu())
-            return torch.cat(picked)
-
-        captured = capture_unit_inputs(self.model, self.graph, units, self.calibration, keep=sample)
+        sampled = sample_unit_inputs(self.model, self.graph, units, self.calibration, self.reconstruction_samples, gen)
         feats = {}
         for ui in units:
             u = self.graph.units[ui]
             m = modules[u.name]
-            rows = torch.cat(captured[ui])
-            xs = rows[torch.randperm(rows.shape[0], generator=gen)[: self.reconstruction_samples]]
+            xs = sampled[ui]
             w = m.weight.detach().float().cpu().reshape(m.weight.shape[0], -1)
             feats[ui] = _Features(x=xs, y=xs @ w.T, k=u.kernel_size[0] * u.kernel_size[1])
         return feats

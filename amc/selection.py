@@ -110,6 +110,59 @@ def capture_unit_inputs(
     return captured
 
 
+def sample_unit_inputs(
+    model: nn.Module,
+    graph: ModelGraph,
+    units: Sequence[int],
+    batches: Sequence[torch.Tensor],
+    samples: int,
+    gen: torch.Generator,
+) -> dict[int, torch.Tensor]:
+    """``samples`` random rows of each listed unit's input while ``model`` (in eval mode) runs ``batches``.
+
+    A row is one k x k patch of every input channel for a convolution, one position for a linear layer.
+    Each image gives ``ceil(samples / images)`` random rows, drawn one image at a time as its batch passes,
+    and ``samples`` of those are drawn at random (every row when there are fewer: a linear unit has one
+    per image). Memory holds only the samples: never a unit's whole input over the batches (gigabytes for
+    an ImageNet model), nor a whole unfolded batch. Used by ThiNet's selection and AMC's reconstruction.
+
+    Args:
+        model: the model.
+        graph: its graph.
+        units: indices of the units to sample, in the order of the final draws.
+        batches: input batches.
+        samples: rows per unit.
+        gen: the generator of every draw.
+
+    Returns:
+        unit index -> [rows, in_channels * k] (convolution) or [rows, in_features] (linear), float32 on CPU.
+    """
+    modules = dict(model.named_modules())
+    n_images = sum(int(x.shape[0]) for x in batches)
+    per_image = -(-samples // max(1, n_images))
+
+    def sample(ui: int, x: torch.Tensor) -> torch.Tensor:
+        u = graph.units[ui]
+        m = modules[u.name]
+        picked = []
+        for xi in x.float():
+            if u.kind == "conv":
+                cols = nn.functional.unfold(
+                    xi.unsqueeze(0), u.kernel_size, padding=u.padding, stride=u.stride, dilation=m.dilation
+                )[0].T  # [positions, in_channels * k]
+            else:
+                cols = xi.reshape(-1, xi.shape[-1])
+            picked.append(cols[torch.randperm(cols.shape[0], generator=gen)[:per_image]].cpu())
+        return torch.cat(picked)
+
+    captured = capture_unit_inputs(model, graph, units, batches, keep=sample)
+    out = {}
+    for ui in units:
+        rows = torch.cat(captured[ui])
+        out[ui] = rows[torch.randperm(rows.shape[0], generator=gen)[:samples]]
+    return out
+
+
 def thinet_scores(
     model: nn.Module,
     graph: ModelGraph,
@@ -136,18 +189,7 @@ def thinet_scores(
     }
     modules = dict(model.named_modules())
     gen = torch.Generator().manual_seed(seed)
-    n_images = sum(int(x.shape[0]) for x in batches)
-    per_image = -(-samples // max(n_images, 1))
-
-    def sample(ui: int, x: torch.Tensor) -> torch.Tensor:
-        # Each image gives ``per_image`` random rows of the consumer's (unfolded) input, drawn as its batch
-        # passes: only the samples are held, never a consumer's whole input over the calibration set.
-        return _sample_rows(modules[graph.units[ui].name], graph.units[ui], x, per_image, gen)
-
-    rows = {}
-    for ui, xs in capture_unit_inputs(model, graph, consumers, batches, keep=sample).items():
-        x = torch.cat(xs)
-        rows[ui] = x[torch.randperm(len(x), generator=gen)[:samples]]  # spread over all the images
+    rows = sample_unit_inputs(model, graph, sorted(consumers), batches, samples, gen)
     scores = []
     for g, fb in zip(graph.groups, fallback):
         parts = []
@@ -166,31 +208,13 @@ def thinet_scores(
     return scores
 
 
-def _sample_rows(module: nn.Module, unit, x: torch.Tensor, per_image: int, gen: torch.Generator) -> torch.Tensor:
-    """Up to ``per_image`` random rows per image of ``unit``'s input ``x`` (as many as it has positions):
-    [N * rows, in_channels * k] for a convolution (unfolded k x k patches), [N * rows, in_features] for a
-    linear layer."""
-    x = x.detach().float().cpu()
-    if unit.kind == "conv":
-        cols = nn.functional.unfold(
-            x, unit.kernel_size, padding=unit.padding, stride=unit.stride, dilation=module.dilation
-        )  # [N, C*k, L]
-        n, _, positions = cols.shape
-        pick = torch.randint(0, positions, (n, min(per_image, positions)), generator=gen)
-        return torch.gather(cols, 2, pick.unsqueeze(1).expand(-1, cols.shape[1], -1)).permute(0, 2, 1).flatten(0, 1)
-    x = x.reshape(x.shape[0], -1, x.shape[-1])  # [N, positions, C]: a linear layer on sequences counts positions
-    n, positions, _ = x.shape
-    pick = torch.randint(0, positions, (n, min(per_image, positions)), generator=gen)
-    return torch.gather(x, 1, pick.unsqueeze(2).expand(-1, -1, x.shape[2])).flatten(0, 1)
-
-
 def _channel_contributions(
     module: nn.Module, unit, rows: torch.Tensor, group: int, graph: ModelGraph
 ) -> torch.Tensor | None:
     """[channels of group, n] matrix: each group channel's summed contribution to the sampled consumer outputs.
 
     Args:
-        rows: sampled inputs of the consumer (``_sample_rows``): [S, in_channels * k] or [S, in_features].
+        rows: sampled inputs of the consumer (``sample_unit_inputs``): [S, in_channels * k] or [S, in_features].
     """
     if group not in unit.in_map:
         return None
