@@ -289,7 +289,7 @@ def autoq(args: argparse.Namespace) -> None:
         done = subprocess.run(cmd, capture_output=True, text=True, env=environ, cwd=tmp)
     if done.returncode:
         tail = (done.stderr.strip().splitlines() or ["no output"])[-1]
-        raise SystemExit(f"NNCF's AutoQ failed in {args.peer_python} ({tail}); install nncf there or pass another")
+        raise SystemExit(f"error: NNCF's AutoQ failed in {args.peer_python} ({tail}); fix that Python's nncf install")
     peer = json.loads(done.stdout.strip().splitlines()[-1])
     print(f"workload: resnet20 3x32x32, quantize, split {args.split}, {args.episodes} episodes, 1 thread")
     print(f"load before {load:.2f}, after {os.getloadavg()[0]:.2f}")

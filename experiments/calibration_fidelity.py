@@ -37,7 +37,7 @@ from amc.compress import Compressor, Policy, recalibrate_bn
 from amc.cost import FP32
 from amc.pretrain import load_or_pretrain
 from amc.pruning import prune_model
-from amc.quantize import activation_quantizers, calibrate_ranges, quantize_model
+from amc.quantize import ActivationQuantizer, activation_quantizers, calibrate_ranges, quantize_model
 
 # (method, batches, batch size); the first is the reference.
 WAYS = [
@@ -52,16 +52,22 @@ WAYS = [
 ]
 
 
+def uncalibrated(comp: Compressor, policy: Policy) -> tuple[torch.nn.Module, list[ActivationQuantizer]]:
+    """``policy`` applied to a copy of ``comp``'s model (pruned, weights quantized) and its activation
+    quantizers, not yet calibrated; no reconstruction, no fine-tune."""
+    model = copy.deepcopy(comp.model)
+    prune_model(model, comp.graph, comp.keep(policy), comp.example)
+    names = [u.name for u in comp.graph.units]
+    quantize_model(model, names, policy.w_bits, policy.a_bits, None, comp.symmetric)
+    return model, [q for q in activation_quantizers(model).values() if q.calibrating]
+
+
 class TwoPassCompressor(Compressor):
     """``Compressor`` with the calibration the library used until 2026-11-30 (no reconstruction, no fine-tune)."""
 
     def apply(self, policy: Policy, timing: dict[str, float] | None = None) -> torch.nn.Module:
-        model = copy.deepcopy(self.model)
-        prune_model(model, self.graph, self.keep(policy), self.example)
-        names = [u.name for u in self.graph.units]
-        if any(b < FP32 for b in list(policy.w_bits) + list(policy.a_bits)):
-            quantize_model(model, names, policy.w_bits, policy.a_bits, None, self.symmetric)
-            qs = [q for q in activation_quantizers(model).values() if q.calibrating]
+        model, qs = uncalibrated(self, policy)
+        if qs:
             calibrate_ranges(model, qs, self.calibration, running=False)
         if self.bn_recalibration:
             recalibrate_bn(model, self.calibration)
@@ -80,11 +86,7 @@ class FixedPointCompressor(Compressor):
     """
 
     def apply(self, policy: Policy, timing: dict[str, float] | None = None) -> torch.nn.Module:
-        model = copy.deepcopy(self.model)
-        prune_model(model, self.graph, self.keep(policy), self.example)
-        names = [u.name for u in self.graph.units]
-        quantize_model(model, names, policy.w_bits, policy.a_bits, None, self.symmetric)
-        qs = [q for q in activation_quantizers(model).values() if q.calibrating]
+        model, qs = uncalibrated(self, policy)
         for _ in range(3):
             for q in qs:
                 q.max_abs, q.signed = 0.0, False
