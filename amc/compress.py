@@ -6,10 +6,11 @@ and the finetune command starts from the same model, so the reward and the deplo
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from torch import nn
 
 from amc.cost import FP32
 from amc.errors import AmcError
+from amc.evaluate import accuracy
 from amc.graph import ModelGraph
 from amc.pruning import keep_indices, prune_model
 from amc.quantize import ActivationQuantizer, activation_quantizers, calibrate_ranges, quantize_model, quantize_weight
@@ -141,6 +143,47 @@ def _unit_inputs(graph: ModelGraph, kept: Sequence[int]) -> list[int]:
     return [u.fixed_in + sum(kept[g] * m for g, m in u.in_groups) for u in graph.units]
 
 
+@contextlib.contextmanager
+def _calibrating(
+    model: nn.Module, quantizers: Sequence[ActivationQuantizer], bn: bool = True
+) -> Iterator[Callable[[], None]]:
+    """BatchNorm layers re-estimating their statistics (cumulatively, from zero) and ``quantizers`` measuring.
+
+    Yields ``after_batch``, to call after each batch: it freezes every quantizer that has seen a non-zero
+    input. On exit the statistics are kept, every quantizer is frozen and the model is in eval mode.
+    """
+    bns = (
+        [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+        if bn
+        else []
+    )
+    model.eval()
+    saved = []
+    for m in bns:
+        saved.append(m.momentum)
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over all calibration batches
+        m.train()
+    for q in quantizers:
+        q.calibrating = q.running = True
+
+    def after_batch() -> None:
+        # Ranges come from the first batch (a unit that has seen only zeros keeps looking) and are
+        # frozen from then on, so every batch's statistics are measured with the final ranges.
+        for q in quantizers:
+            if q.max_abs > 0.0:
+                q.calibrating = q.running = False
+
+    try:
+        yield after_batch
+    finally:
+        for q in quantizers:
+            q.calibrating = q.running = False
+        for m, mom in zip(bns, saved):
+            m.momentum = mom
+            m.eval()
+
+
 def recalibrate_bn(
     model: nn.Module, batches: Sequence[torch.Tensor], quantizers: Sequence[ActivationQuantizer] = ()
 ) -> None:
@@ -162,33 +205,96 @@ def recalibrate_bn(
         quantizers: activation quantizers attached to ``model`` to calibrate in the same pass (fresh
             ones; a unit whose first batch was all zeros keeps measuring until it sees a non-zero input).
     """
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    if not bns or not batches:
+    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats for m in model.modules())
+    if not has_bn or not batches:
         if quantizers:  # ranges alone (none without batches: the quantizers then pass their inputs through)
             calibrate_ranges(model, quantizers, batches, running=True)
         return
-    model.eval()
-    saved = []
-    for m in bns:
-        saved.append(m.momentum)
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over all recalibration batches
-        m.train()
-    for q in quantizers:
-        q.calibrating = q.running = True
-    with torch.no_grad():
+    with torch.no_grad(), _calibrating(model, quantizers) as after_batch:
         for x in batches:
             model(x)
-            # Ranges come from the first batch (a unit that has seen only zeros keeps looking) and are
-            # frozen from then on, so every batch's statistics are measured with the final ranges.
-            for q in quantizers:
-                if q.max_abs > 0.0:
-                    q.calibrating = q.running = False
-    for q in quantizers:
-        q.calibrating = q.running = False
-    for m, mom in zip(bns, saved):
-        m.momentum = mom
-        m.eval()
+            after_batch()
+
+
+def search_calibration_sample(n: int, size: int, seed: int) -> torch.Tensor:
+    """Which search-split images calibrate a model under ``env.calibration_set=search``: sorted indices.
+
+    A seeded random ``min(n, size)`` of the ``n`` images, not the first ones: a split stored class by
+    class (an image folder's order) would otherwise calibrate on one class.
+
+    Args:
+        n: search-split size.
+        size: images wanted (the evaluation batch size).
+        seed: the compressor's seed.
+    """
+    gen = torch.Generator().manual_seed(int(seed))
+    return torch.randperm(n, generator=gen)[: min(n, size)].sort().values
+
+
+def calibrate_on_search_batch(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int,
+    device: torch.device | str,
+    bn: bool = True,
+    seed: int = 0,
+) -> float:
+    """Search accuracy of a model whose BN statistics and activation ranges come from one batch of the split itself.
+
+    ``env.calibration_set=search``: instead of a separate pass over training images
+    (:func:`recalibrate_bn`), one batch of the search split (``batch_size`` images drawn by
+    :func:`search_calibration_sample`) calibrates the model in the evaluation's own forward pass
+    (prediction-time BatchNorm, Nado et al. 2020, "Evaluating prediction-time batch normalization for
+    robustness under covariate shift"; the labels are not used). That batch is evaluated first,
+    normalised by its own statistics (biased variance, as BatchNorm does in training), which become the
+    running statistics (unbiased) for the rest of the split; each activation quantizer quantizes it with
+    the range it measures on it. Every image is evaluated once: an episode costs one evaluation.
+
+    Args:
+        model: a compressed model whose BatchNorm layers and activation quantizers are still to be
+            calibrated (``Compressor.apply(..., calibrate=False)``); calibrated here in place.
+        x: search-split inputs, ``[N, ...]``.
+        y: their labels, ``[N]``.
+        batch_size: evaluation batch size, also the calibration batch's (``min(N, batch_size)`` images).
+        device: where to run.
+        bn: re-estimate the BatchNorm statistics (``env.bn_recalibration``); the ranges are measured
+            either way.
+        seed: seed of the calibration batch's draw.
+
+    Returns:
+        top-1 accuracy in [0, 1], or NaN when any output is NaN/inf (as
+        :func:`amc.evaluate.search_accuracy`).
+    """
+    n = len(y)
+    if n == 0:
+        raise ValueError("no samples to evaluate")
+    model.to(device)
+    sample = search_calibration_sample(n, batch_size, seed)
+    rest = torch.ones(n, dtype=torch.bool)
+    rest[sample] = False
+    others_idx = torch.nonzero(rest).squeeze(1).to(x.device)
+    idx = sample.to(x.device)
+    fmt = torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) else None
+
+    def gather(j: torch.Tensor) -> torch.Tensor:  # in the split's memory order (index_select makes it NCHW)
+        xb = x.index_select(0, j)
+        return xb.contiguous(memory_format=fmt) if fmt is not None else xb
+
+    # The other images in their order, in full batches (gathered a batch at a time: a copy of the inputs only).
+    batches = [
+        (gather(j), y.index_select(0, j))
+        for j in (others_idx[i : i + batch_size] for i in range(0, len(others_idx), batch_size))
+    ]
+    quantizers = [q for q in activation_quantizers(model).values() if q.calibrating]
+    with _calibrating(model, quantizers, bn) as after_batch:
+        first = accuracy(model, [(gather(idx), y[idx])], device, train_mode=True)
+        after_batch()
+        others = accuracy(model, batches, device) if batches else None
+    if first["nonfinite"] or (others is not None and others["nonfinite"]):
+        return float("nan")
+    k = len(sample)
+    return (first["top1"] * k + (others["top1"] * (n - k) if others is not None else 0.0)) / n
 
 
 @dataclass
@@ -217,6 +323,14 @@ class Compressor:
             per-episode fine-tune; empty: off). It runs after quantization with the fake-quant ops'
             straight-through gradients, and the weights are re-quantized afterwards.
         finetune_lr: SGD learning rate of that fine-tune.
+        calibration_set: where a search episode measures the BN statistics and activation ranges of
+            its model: ``train`` (the ``calibration`` batches, a pass of their own in :meth:`apply`) or
+            ``search`` (one batch of the search split, inside the evaluation:
+            :func:`calibrate_on_search_batch`). Only the search's scoring reads it
+            (:func:`amc.envs.pool.measure_accuracy`); :meth:`apply` always calibrates on ``calibration``
+            unless told not to, so fine-tuned and exported models never depend on it.
+        channels_last: put every compressed model's 4-D weights in channels-last (NHWC) memory order,
+            for inputs in that order (``env.memory_format``, chosen by :func:`amc.envs.make_env`).
     """
 
     model: nn.Module
@@ -230,8 +344,12 @@ class Compressor:
     seed: int = 0
     finetune_batches: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
     finetune_lr: float = 0.01
+    calibration_set: str = "train"
+    channels_last: bool = False
 
     def __post_init__(self) -> None:
+        if self.calibration_set not in ("train", "search"):
+            raise AmcError(f"calibration_set={self.calibration_set!r} is unknown; use train or search")
         self.model.eval()
         self.scores = channel_scores(self.selection, self.model, self.graph, self.calibration)
         self.example = torch.zeros((1, *self.graph.input_shape), device=next(self.model.parameters()).device)
@@ -241,13 +359,16 @@ class Compressor:
         """Indices of the channels each group keeps under ``policy``."""
         return keep_indices(self.scores, policy.kept)
 
-    def apply(self, policy: Policy, timing: dict[str, float] | None = None) -> nn.Module:
+    def apply(self, policy: Policy, timing: dict[str, float] | None = None, calibrate: bool = True) -> nn.Module:
         """A compressed copy of the model (in eval mode) for ``policy``.
 
         Args:
             policy: the decision.
             timing: when given, seconds spent per phase are added to it (selection, reconstruction,
                 quantization: the weights, finetune, calibration: BN statistics and activation ranges).
+            calibrate: measure the BN statistics and activation ranges on the calibration batches;
+                ``False`` leaves them to the caller (:func:`calibrate_on_search_batch`), except the
+                ranges a per-episode fine-tune needs before it starts.
         """
         timing = timing if timing is not None else {}
         t = time.perf_counter()
@@ -257,6 +378,8 @@ class Compressor:
         t = _lap(timing, "selection", t)
         if self.reconstruction:
             self._reconstruct(model, keep, policy)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
         t = _lap(timing, "reconstruction", t)
         names = [u.name for u in self.graph.units]
         quantizers: list[ActivationQuantizer] = []
@@ -264,13 +387,16 @@ class Compressor:
             quantize_model(model, names, policy.w_bits, policy.a_bits, None, self.symmetric)
             quantizers = [q for q in activation_quantizers(model).values() if q.calibrating]
             # Ranges are measured in the BatchNorm pass below when there is one and nothing runs in between.
-            if quantizers and (self.finetune_batches or not self.bn_recalibration):
+            if quantizers and (self.finetune_batches or (calibrate and not self.bn_recalibration)):
                 calibrate_ranges(model, quantizers, self.calibration, running=True)
                 quantizers = []
         t = _lap(timing, "quantization", t)
         if self.finetune_batches:
             self._short_finetune(model, policy)
         t = _lap(timing, "finetune", t)
+        if not calibrate:
+            model.eval()
+            return model
         if self.bn_recalibration:
             recalibrate_bn(model, self.calibration, quantizers)
         _lap(timing, "calibration", t)

@@ -14,19 +14,23 @@ def accuracy(
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     device: torch.device | str = "cpu",
     topk: tuple[int, ...] = (1,),
+    train_mode: bool = False,
 ) -> dict[str, float]:
-    """Top-k accuracies (fractions in [0, 1]), mean cross-entropy and ``nonfinite`` of ``model`` in eval mode.
+    """Top-k accuracies (fractions in [0, 1]), mean cross-entropy and ``nonfinite`` of ``model`` (in eval mode).
 
     ``nonfinite`` counts the samples whose logits hold NaN or inf (a broken model would otherwise
     score whatever class its NaN logits happen to rank first).
 
     Args:
-        model: the network (left in eval mode).
+        model: the network (left in eval mode unless ``train_mode``).
         batches: (inputs, labels) pairs, e.g. a DataLoader.
         device: where to run.
         topk: which top-k accuracies to report.
+        train_mode: leave the model's train/eval modes as they are (e.g. BatchNorm layers measuring
+            their statistics while the batch is evaluated) instead of switching it to eval mode.
     """
-    model.eval()
+    if not train_mode:
+        model.eval()
     correct = {k: 0 for k in topk}
     loss, n, bad = 0.0, 0, 0
     for x, y in batches:

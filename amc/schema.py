@@ -151,6 +151,8 @@ ENV = {
     "env.eval_cache": Int(0, fix="{key}=N with N >= 0 (0: off; configurations whose accuracy is remembered)"),
     "env.finetune_batches": Int(0, fix="{key}=N with N >= 0 (0: off; labelled batches fine-tuned on per episode)"),
     "env.finetune_lr": Float(0, low_open=True),
+    "env.calibration_set": Choice("train", "search"),
+    "env.memory_format": Choice("auto", "channels_last", "contiguous"),
     **{f"env.{k}": r for k, r in COMPRESSOR.items()},
 }
 

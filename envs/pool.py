@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from amc.errors import AmcError
+from amc.utils import hold_freed_heap
 
 if TYPE_CHECKING:
     from amc.compress import Compressor, Policy
@@ -59,7 +60,9 @@ def measure_accuracy(
 ) -> float:
     """Compress ``policy`` and return the search accuracy (NaN when an output is NaN/inf); phases go into ``timing``.
 
-    The one measurement both the environment (in its own process) and a pool worker run.
+    The one measurement both the environment (in its own process) and a pool worker run. With the
+    compressor's ``calibration_set="search"`` the model is calibrated inside the evaluation (whose
+    seconds then include it; ``calibration`` is 0).
 
     Args:
         compressor: the compressor holding the dense model.
@@ -70,14 +73,21 @@ def measure_accuracy(
         device: where the compressed model is evaluated.
         timing: seconds per phase are added to it.
     """
+    from amc.compress import calibrate_on_search_batch
     from amc.evaluate import search_accuracy
-    from amc.utils import release_freed_memory
+    from amc.utils import trim_heap
 
-    model = compressor.apply(policy, timing)
+    on_search = compressor.calibration_set == "search"
+    model = compressor.apply(policy, timing, calibrate=not on_search)
     t = time.perf_counter()
-    acc = search_accuracy(model, search_x, search_y, batch_size, device)
+    if on_search:  # BN statistics and ranges from one search batch, in the evaluation's own pass
+        acc = calibrate_on_search_batch(
+            model, search_x, search_y, batch_size, device, compressor.bn_recalibration, compressor.seed
+        )
+    else:
+        acc = search_accuracy(model, search_x, search_y, batch_size, device)
     del model
-    release_freed_memory()  # nothing of this episode's model is alive now: see its docstring for why
+    trim_heap()  # nothing of this episode's model is alive now: see amc.utils.release_freed_memory for why
     timing["evaluation"] = time.perf_counter() - t
     return acc
 
@@ -95,18 +105,6 @@ def _to_device(value: Any, device: torch.device) -> Any:
     return value
 
 
-def _raise_mmap_threshold() -> None:
-    """Free one ~32 MB block, so glibc serves the evaluation's large activations from the heap, as in the main process.
-
-    glibc's malloc mmaps blocks above its threshold (128 KiB at first) and raises the threshold to the
-    size of such a block when one is freed, up to 32 MB. The main process raised it long ago (loading
-    the data); a fresh worker mmapped, page-faulted and unmapped its activations again and again, and
-    its evaluations took 40 % longer (measured: fmnist_cnn, 5,000 images, batch 256, one thread).
-    """
-    block = torch.empty((32 << 20) - (1 << 16), dtype=torch.uint8)
-    del block
-
-
 def _worker(conn: Connection, threads: int, device: str) -> None:
     """A worker's loop: receive the payload once, then (policy) -> (accuracy, timing) until ``None``."""
     try:
@@ -117,7 +115,9 @@ def _worker(conn: Connection, threads: int, device: str) -> None:
         search_x, search_y = search_x.to(dev), search_y.to(dev)
         for key, value in vars(compressor).items():  # the model, calibration batches, scores, example input
             setattr(compressor, key, _to_device(value, dev))
-        _raise_mmap_threshold()
+        # A fresh worker would otherwise mmap, page-fault and unmap its activations again and again (its
+        # evaluations took 40 % longer: fmnist_cnn, 5,000 images, batch 256, one thread).
+        hold_freed_heap()
         conn.send(("ready", None))
     except BaseException as exc:  # noqa: BLE001 -- reported to the main process as one line
         conn.send(("error", f"{type(exc).__name__}: {exc}"))

@@ -84,6 +84,36 @@ def test_freed_heap_goes_back_to_the_system() -> None:
     assert len(keep) == 16
 
 
+def _fragment_heap(n: int = 16) -> list[torch.Tensor]:
+    """Free ~16 MiB blocks held apart by small live ones (the episode pattern above); returns the live ones."""
+    big = torch.ones(6 * 2**20)
+    del big
+    held, keep = [], []
+    for i in range(n):
+        held.append(torch.ones(4 * 2**20 + i))
+        keep.append(torch.ones(256))
+    del held
+    return keep
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists() or platform.libc_ver()[0] != "glibc", reason="glibc")
+def test_the_heap_is_trimmed_only_once_resident_memory_grew_past_the_slack() -> None:
+    from amc.utils import HeapTrimmer
+
+    trimmer = HeapTrimmer(slack=0.1)
+    keep = _fragment_heap(4)  # the first episode's working set: part of the reference, not trimmed
+    assert trimmer() is False and trimmer.reference is not None
+    assert trimmer() is False, "nothing grew: no trim"
+    keep += _fragment_heap(16)  # ~256 MiB freed but held: well past 10 % of this process
+    before = _rss_mib()
+    assert trimmer() is True and trimmer.trims == 1
+    assert before - _rss_mib() > 128, "the ~256 MiB freed were not returned"
+    assert trimmer() is False, "right after a trim nothing is to be trimmed"
+    with pytest.raises(ValueError, match="slack"):
+        HeapTrimmer(slack=-1)
+    assert len(keep) == 20
+
+
 def test_env_finetune_batches_from_the_config_reach_the_compressor(tmp_path: Path) -> None:
     from hydra import compose, initialize_config_module
     from hydra.utils import instantiate
@@ -94,10 +124,19 @@ def test_env_finetune_batches_from_the_config_reach_the_compressor(tmp_path: Pat
 
     make_fmnist(tmp_path / "fm", n_train=300, n_test=50)
     with initialize_config_module(config_module="amc.conf", version_base="1.3"):
-        cfg = compose("train", overrides=[*tiny_data_args(tmp_path), "env.finetune_batches=2", "env.finetune_lr=0.05"])
+        cfg = compose(
+            "train",
+            overrides=[
+                *tiny_data_args(tmp_path),
+                "env.finetune_batches=2",
+                "env.finetune_lr=0.05",
+                "env.calibration_set=search",
+            ],
+        )
     data = instantiate(cfg.data)
     env = build_env(cfg, build_model("fmnist_cnn", num_classes=10, in_channels=1), data, dense_accuracy=0.5)
     assert len(env.compressor.finetune_batches) == 2 and env.compressor.finetune_lr == 0.05
+    assert env.compressor.calibration_set == "search"
     x, y = env.compressor.finetune_batches[0]
     assert x.shape == (128, 1, 28, 28) and y.shape == (128,)
 
@@ -118,3 +157,84 @@ def test_the_autoq_comparison_without_nncf_is_one_line() -> None:
         pytest.skip("nncf is installed in this Python")
     assert res.returncode != 0 and "Traceback" not in res.stderr, res.stderr[-2000:]
     assert res.stderr.strip().splitlines()[-1].startswith("error: ") and "cannot import nncf" in res.stderr
+
+
+class _Flattening(torch.nn.Module):
+    """conv-BN-ReLU then ``.view`` of the feature map: fails on an NHWC tensor."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(4)
+        self.fc = torch.nn.Linear(4 * 8 * 8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.bn(self.conv(x)))
+        return self.fc(h.view(h.shape[0], -1))
+
+
+def test_channels_last_is_chosen_only_where_the_model_runs_the_same_in_it() -> None:
+    from amc.envs.compression import use_channels_last
+
+    from amc.models import build_model
+
+    cpu = torch.device("cpu")
+    torch.manual_seed(0)
+    resnet = build_model("resnet20", num_classes=10, in_channels=3).eval()
+    images = [torch.randn(8, 3, 32, 32)]
+    assert use_channels_last("auto", resnet, images, cpu)
+    assert use_channels_last("channels_last", resnet, images, cpu)
+    assert not use_channels_last("contiguous", resnet, images, cpu)
+    assert not use_channels_last("auto", resnet, images, torch.device("meta"))  # not a CPU: not measured there
+    viewing, small = _Flattening().eval(), [torch.randn(4, 3, 8, 8)]
+    assert not use_channels_last("auto", viewing, small, cpu)
+    with pytest.raises(AmcError, match=r"channels_last does not fit this model: it fails in NHWC order .*use auto"):
+        use_channels_last("channels_last", viewing, small, cpu)
+    flat = torch.nn.Sequential(torch.nn.Linear(6, 3))
+    assert not use_channels_last("auto", flat, [torch.randn(4, 6)], cpu)
+    with pytest.raises(AmcError, match="needs 4-D image inputs"):
+        use_channels_last("channels_last", flat, [torch.randn(4, 6)], cpu)
+    with pytest.raises(AmcError, match="env.memory_format='nhwc' is not an option"):
+        use_channels_last("nhwc", resnet, images, cpu)
+
+
+@pytest.mark.parametrize("calibration_set", ["train", "search"])
+def test_channels_last_models_score_what_contiguous_ones_do(calibration_set: str) -> None:
+    from amc.envs import CompressionEnv
+
+    from amc.compress import Compressor, Policy
+    from amc.graph import build_graph
+    from amc.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("resnet20", num_classes=10, in_channels=3).eval()
+    graph = build_graph(model, (3, 16, 16))
+    gen = torch.Generator().manual_seed(1)
+    calib = [torch.randn(32, 3, 16, 16, generator=gen)]
+    x, y = torch.randn(96, 3, 16, 16, generator=gen), torch.randint(0, 10, (96,), generator=gen)
+    envs = []
+    for nhwc in (False, True):
+        order = torch.channels_last if nhwc else torch.contiguous_format
+        comp = Compressor(
+            model,
+            graph,
+            calibration=[c.contiguous(memory_format=order) for c in calib],
+            calibration_set=calibration_set,
+            channels_last=nhwc,
+        )
+        envs.append(
+            CompressionEnv(comp, (x.contiguous(memory_format=order), y), budgets={"bitops": 0.4}, eval_batch_size=32)
+        )
+    policies = _random_policies(envs[0], 4)
+    compressed = envs[1].compressor.apply(policies[0])
+    assert compressed.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert not compressed.stem[0].weight.is_contiguous()
+    assert envs[0].compressor.apply(policies[0]).stem[0].weight.is_contiguous()
+    # Pruned, in float: the same function up to summation order.
+    pruned = Policy(policies[0].kept, [32] * len(policies[0].w_bits), [32] * len(policies[0].a_bits))
+    a, b = (e.compressor.apply(pruned)(e.search_x).detach() for e in envs)
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    # Quantized: a value on a rounding boundary may land on the other level, so a few argmax flips at most.
+    for p in policies:
+        scores = [e.evaluate(p)["accuracy"] for e in envs]
+        assert abs(scores[0] - scores[1]) * 96 <= 4.01, f"{scores}: more than a few predictions changed"

@@ -292,6 +292,18 @@ CASES: dict[str, tuple[str, list[str], str, int]] = {
         2,
     ),
     "train-unknown-wall": ("amc.train", ["env.wall=brick"], r"unknown wall 'brick' for env.wall; .*repair", 2),
+    "train-unknown-memory-format": (
+        "amc.train",
+        ["env.memory_format=nhwc"],
+        r"unknown memory_format 'nhwc' for env.memory_format; .*channels_last",
+        2,
+    ),
+    "train-unknown-calibration-set": (
+        "amc.train",
+        ["env.calibration_set=val"],
+        r"unknown calibration_set 'val' for env.calibration_set; .*train.*search",
+        2,
+    ),
     "train-threads-negative": ("amc.train", ["threads=-1"], r"threads=-1 must be >= 0; set threads=N", 2),
     "train-run-dir-unwritable": (
         "amc.train",

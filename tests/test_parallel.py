@@ -51,8 +51,10 @@ def _random_policies(env, n: int) -> list[Policy]:
     return out
 
 
-def test_workers_measure_what_the_env_measures_and_leave_no_process() -> None:
+@pytest.mark.parametrize("calibration_set", ["train", "search"])
+def test_workers_measure_what_the_env_measures_and_leave_no_process(calibration_set: str) -> None:
     env = small_env()
+    env.compressor.calibration_set = calibration_set  # the workers' copies calibrate where the env's does
     policies = _random_policies(env, 3)
     policies.append(policies[1])  # a repeat within the batch is measured once and answered by the cache
     expected = [env.evaluate(p) for p in policies]

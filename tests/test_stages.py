@@ -16,6 +16,7 @@ from torch import nn
 
 from amc.compress import Compressor, Policy
 from amc.cost import FP32
+from amc.errors import AmcError
 from amc.graph import build_graph
 from amc.quantize import activation_quantizers
 
@@ -310,3 +311,61 @@ def test_thinet_holds_sampled_rows_of_every_image_not_whole_inputs(monkeypatch: 
     for i in range(32):  # each image's rows are rows of that image's own input
         assert all(bool((full[i] == r).all(-1).any()) for r in rows[i])
     assert sorted(scores[graph.units[c2].in_groups[0][0]].tolist()) == list(range(8))  # an order of c1's channels
+
+
+def test_calibration_on_the_search_split_is_one_random_batch_evaluated_in_the_same_pass() -> None:
+    from amc.envs.pool import measure_accuracy
+
+    from amc.compress import calibrate_on_search_batch, search_calibration_sample
+
+    model, calib = _model(), _batches(3)
+    graph = build_graph(model, SHAPE)
+    gen = torch.Generator().manual_seed(7)
+    # 40 search images stored "class by class": the first 16 are shifted, so calibrating on the first batch
+    # instead of a random one gives other statistics.
+    x = torch.cat(_batches(3, 16, seed=5))[:40]
+    x[:16] = x[:16] * 3.0 + 2.0
+    y = torch.randint(0, 5, (40,), generator=gen)
+    policy = _policy(graph, 0.5, 4, 4)
+    comp = Compressor(model, graph, calibration=calib, calibration_set="search", seed=3)
+    calls: list[int] = []
+    # (pruning traces the model on one example image: those calls are not counted)
+    comp.model.register_forward_pre_hook(lambda _m, inp: calls.append(len(inp[0])) if len(inp[0]) > 1 else None)
+    timing: dict[str, float] = {}
+    acc = measure_accuracy(comp, policy, x, y, 16, torch.device("cpu"), timing)
+    sample = search_calibration_sample(40, 16, seed=3)
+    assert len(sample) == 16 and len(set(sample.tolist())) == 16 and not torch.equal(sample, torch.arange(16))
+    assert calls[0] == 16 and sum(calls) == 40, f"forwards {calls}: calibration batches ran, or an image ran twice"
+    assert "calibration" not in timing
+
+    # Independently: the model calibrated (statistics and ranges in one pass) on the sampled batch alone,
+    # that batch predicted with BatchNorm normalising by its own statistics, the other 24 images in eval mode.
+    ref = Compressor(model, graph, calibration=[x[sample]]).apply(policy)
+    fused = comp.apply(policy, calibrate=False)
+    got = calibrate_on_search_batch(fused, x, y, 16, "cpu", seed=3)
+    assert got == acc
+    for name, q in activation_quantizers(ref).items():
+        assert activation_quantizers(fused)[name].max_abs == pytest.approx(q.max_abs, rel=1e-6)
+    for (name, m), r in zip(fused.named_modules(), ref.modules()):
+        if isinstance(m, nn.BatchNorm2d):
+            torch.testing.assert_close(m.running_mean, r.running_mean, msg=name)
+            torch.testing.assert_close(m.running_var, r.running_var, msg=name)
+            assert not m.training and m.momentum == 0.1
+    probe = copy.deepcopy(ref)
+    for m in probe.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.train()
+    rest = torch.ones(40, dtype=torch.bool)
+    rest[sample] = False
+    with torch.no_grad():
+        first = probe(x[sample]).argmax(1)
+        others = ref(x[rest]).argmax(1)
+    expected = (int((first == y[sample]).sum()) + int((others == y[rest]).sum())) / 40
+    assert got == pytest.approx(expected)
+    # The training-set path still calibrates on the calibration batches, in a pass of its own.
+    calls.clear()
+    comp.calibration_set = "train"
+    measure_accuracy(comp, policy, x, y, 16, torch.device("cpu"), {})
+    assert calls == [16] * 3 + [16, 16, 8]
+    with pytest.raises(AmcError, match="calibration_set='val' is unknown"):
+        Compressor(model, graph, calibration=calib, calibration_set="val")
