@@ -12,7 +12,10 @@ BitOps in quantize and joint mode) for each model, mode and search-split size, a
 episode's policy, one forward pass of the compressed model over the same split. Models: fmnist_cnn and
 ResNet-20 on Fashion-MNIST (1x28x28), and ResNet-20 on 3x32x32 images (CIFAR-10's format, written with
 random pixels to a temporary folder: the cost does not depend on the pixels). Models are untrained (the
-cost does not depend on the weights either), so no baseline is needed. The evaluation cache is off.
+cost does not depend on the weights either), so no baseline is needed. The evaluation cache is off. Each
+row is timed with each ``env.calibration_set`` (``--calibration-sets``): ``train`` re-measures BN
+statistics and activation ranges on the calibration batches in a pass of their own (``calibration``),
+``search`` on one batch of the search split inside the evaluation (its seconds are in ``evaluation``).
 
 ``workers`` runs the uniform-random baseline search (the same episodes a search runs, without a learner)
 and DDPG (random warm-up, then learning) with ``agent.n_envs`` = 1, 2, 4 on fmnist_cnn (joint mode, 50%
@@ -35,8 +38,10 @@ in ``--peer-python``, a Python with ``nncf`` installed (amc does not depend on i
 each, environment alone and whole search, and amc's over NNCF's, and what one evaluation of the split
 costs in each. NNCF 2.19's AutoQ environment skips its BN adaptation (``qctrl.config`` is empty there, so
 ``_run_quantization_pipeline`` never calls it) and keeps the ranges initialised once on the float model:
-its episode is one evaluation. amc re-estimates BN statistics and ranges every episode (one more pass
-over the calibration images).
+its episode is one evaluation. amc re-estimates BN statistics and ranges every episode: with
+``env.calibration_set=train`` (the default) in one more pass over the calibration images, with
+``search`` inside the evaluation; both are timed, each with the default NCHW (``contiguous``) and with
+``env.memory_format=channels_last`` (NHWC), and put beside NNCF.
 """
 
 from __future__ import annotations
@@ -91,7 +96,15 @@ def data_for(workload: str, split: int, tmp: Path):  # noqa: ANN201
 
 
 def bench(
-    workload: str, split: int, mode: str, episodes: int, tmp: Path, calibration: int = 4, reconstruction: bool = False
+    workload: str,
+    split: int,
+    mode: str,
+    episodes: int,
+    tmp: Path,
+    calibration: int = 4,
+    reconstruction: bool = False,
+    calibration_set: str = "train",
+    memory_format: str = "contiguous",
 ) -> dict[str, float]:
     """Seconds per phase, per episode and of one forward pass, for one model, split and mode."""
     name = workload.split("@")[0]
@@ -108,6 +121,8 @@ def bench(
         eval_cache=0,
         calibration_batches=calibration,
         reconstruction=reconstruction,
+        calibration_set=calibration_set,
+        memory_format=memory_format,
     )
     rng = np.random.default_rng(0)
     phases: dict[str, float] = {}
@@ -141,24 +156,33 @@ def phases(args: argparse.Namespace) -> None:
     cols = [*PHASES, "wall_and_features", "other"]
     print(
         f"episodes={args.episodes} threads={torch.get_num_threads()} calibration={args.calibration_batches}x128 "
-        f"reconstruction={'on' if args.reconstruction else 'off'} "
+        f"reconstruction={'on' if args.reconstruction else 'off'} memory_format={args.memory_format} "
         f"load={os.getloadavg()[0]:.2f}"
     )
-    head = f"{'model':<14}{'mode':<9}{'split':>6}" + "".join(f"{c[:12]:>13}" for c in cols)
+    head = f"{'model':<14}{'mode':<9}{'split':>6}{'calib. set':>11}" + "".join(f"{c[:12]:>13}" for c in cols)
     print(head + f"{'episode s':>10}{'forward s':>10}{'ratio':>7}")
     with tempfile.TemporaryDirectory() as tmp:
         for workload in args.models.split(","):
             for split in (int(s) for s in args.splits.split(",")):
                 for mode in args.modes.split(","):
-                    r = bench(
-                        workload, split, mode, args.episodes, Path(tmp), args.calibration_batches, args.reconstruction
-                    )
-                    print(
-                        f"{workload:<14}{mode:<9}{split:>6}"
-                        + "".join(f"{r.get(c, 0.0):>13.4f}" for c in cols)
-                        + f"{r['episode']:>10.4f}{r['forward']:>10.4f}{r['ratio']:>7.2f}",
-                        flush=True,
-                    )
+                    for cset in args.calibration_sets.split(","):
+                        r = bench(
+                            workload,
+                            split,
+                            mode,
+                            args.episodes,
+                            Path(tmp),
+                            args.calibration_batches,
+                            args.reconstruction,
+                            cset,
+                            args.memory_format,
+                        )
+                        print(
+                            f"{workload:<14}{mode:<9}{split:>6}{cset:>11}"
+                            + "".join(f"{r.get(c, 0.0):>13.4f}" for c in cols)
+                            + f"{r['episode']:>10.4f}{r['forward']:>10.4f}{r['ratio']:>7.2f}",
+                            flush=True,
+                        )
 
 
 def search_rate(agent_name: str, n: int, args: argparse.Namespace) -> tuple[float, float]:
@@ -264,17 +288,36 @@ def autoq(args: argparse.Namespace) -> None:
             "(pip install torch==2.13.0 nncf==2.19.0 in a separate venv)"
         )
     load = os.getloadavg()[0]
+    amc_rows = {}  # (calibration set, memory format) -> (environment s/episode, search s/episode, one evaluation s)
     with tempfile.TemporaryDirectory() as tmp:
-        row = bench("resnet20@32", args.split, "quantize", args.episodes, Path(tmp))
-        env_only, forward = row["episode"], row["forward"]
-        data = data_for("resnet20@32", args.split, Path(tmp))
-        torch.manual_seed(0)
-        model = build_model("resnet20", num_classes=10, in_channels=data.in_channels)
-        env = make_env(model, data, budgets={"bitops": 0.5}, mode="quantize", seed=0, eval_cache=0)
-        agent = DDPGAgent(warmup=4 / args.episodes, exploit=0, seed=0)
-        t0 = time.perf_counter()
-        agent.search(env, args.episodes)
-        search = (time.perf_counter() - t0) / args.episodes
+        for fmt in ("contiguous", "channels_last"):
+            for cset in ("train", "search"):
+                row = bench(
+                    "resnet20@32",
+                    args.split,
+                    "quantize",
+                    args.episodes,
+                    Path(tmp),
+                    calibration_set=cset,
+                    memory_format=fmt,
+                )
+                data = data_for("resnet20@32", args.split, Path(tmp))
+                torch.manual_seed(0)
+                model = build_model("resnet20", num_classes=10, in_channels=data.in_channels)
+                env = make_env(
+                    model,
+                    data,
+                    budgets={"bitops": 0.5},
+                    mode="quantize",
+                    seed=0,
+                    eval_cache=0,
+                    calibration_set=cset,
+                    memory_format=fmt,
+                )
+                agent = DDPGAgent(warmup=4 / args.episodes, exploit=0, seed=0)
+                t0 = time.perf_counter()
+                agent.search(env, args.episodes)
+                amc_rows[(cset, fmt)] = (row["episode"], (time.perf_counter() - t0) / args.episodes, row["forward"])
     root = Path(__file__).resolve().parents[1]
     cmd = [
         args.peer_python,
@@ -293,13 +336,17 @@ def autoq(args: argparse.Namespace) -> None:
     peer = json.loads(done.stdout.strip().splitlines()[-1])
     print(f"workload: resnet20 3x32x32, quantize, split {args.split}, {args.episodes} episodes, 1 thread")
     print(f"load before {load:.2f}, after {os.getloadavg()[0]:.2f}")
-    print(f"{'':<28}{'environment s/ep':>18}{'search s/ep':>13}")
-    print(f"{'amc':<28}{env_only:>18.3f}{search:>13.3f}")
-    print(f"{peer['peer']:<28}{peer['env_s']:>18.3f}{peer['episode_s']:>13.3f}")
-    print(f"{'amc / NNCF':<28}{env_only / peer['env_s']:>18.2f}{search / peer['episode_s']:>13.2f}")
+    print(f"{'':<44}{'environment s/ep':>18}{'search s/ep':>13}{'evaluations/ep':>16}")
+    for (cset, fmt), (env_only, search, forward) in amc_rows.items():
+        name = f"amc calibration_set={cset} {fmt}"
+        print(f"{name:<44}{env_only:>18.3f}{search:>13.3f}{env_only / forward:>16.2f}")
+    print(f"{peer['peer']:<44}{peer['env_s']:>18.3f}{peer['episode_s']:>13.3f}{peer['env_s'] / peer['eval_s']:>16.2f}")
+    for (cset, fmt), (env_only, search, _) in amc_rows.items():
+        name = f"amc ({cset}, {fmt}) / NNCF"
+        print(f"{name:<44}{env_only / peer['env_s']:>18.2f}{search / peer['episode_s']:>13.2f}")
     print(
-        f"one evaluation of the split: amc {forward:.3f} s, NNCF {peer['eval_s']:.3f} s "
-        f"(NNCF's environment is {peer['env_s'] / peer['eval_s']:.2f} evaluations, amc's {env_only / forward:.2f})"
+        f"one evaluation of the split: amc {amc_rows[('train', 'contiguous')][2]:.3f} s (contiguous), "
+        f"{amc_rows[('train', 'channels_last')][2]:.3f} s (channels_last); NNCF {peer['eval_s']:.3f} s"
     )
 
 
@@ -314,6 +361,10 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--calibration-batches", type=int, default=4, help="env.calibration_batches (of 128 images)")
     p.add_argument("--reconstruction", action="store_true", help="AMC's least-squares reconstruction on")
+    p.add_argument(
+        "--calibration-sets", default="train,search", help="env.calibration_set values to time (train, search)"
+    )
+    p.add_argument("--memory-format", default="contiguous", help="env.memory_format (contiguous, channels_last, auto)")
     w = sub.add_parser("workers", help="episodes per second with agent.n_envs workers, and the ratio to one")
     w.add_argument("--episodes", type=int, default=48, help="per search (a multiple of every n_envs)")
     w.add_argument("--split", type=int, default=5000, help="search-split images")

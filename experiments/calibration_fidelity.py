@@ -3,15 +3,19 @@
     python experiments/calibration_fidelity.py --policies 30
 
 Loads (or trains) the cached default baseline and draws random policies through the default problem
-(joint mode, latency <= 0.5 on bitfusion_edge, the budget wall). Each policy is compressed and evaluated
-on the search split with activation ranges and BN statistics re-estimated on B training batches of N
-images (BxN: 4x128 is the default, ``env.calibration_batches`` x ``env.calibration_batch_size``), two ways:
+(joint mode, or ``--mode quantize``; latency <= 0.5 on bitfusion_edge, the budget wall). Each policy is
+compressed and evaluated on the search split with activation ranges and BN statistics re-estimated on B
+training batches of N images (BxN: 4x128 is the default, ``env.calibration_batches`` x
+``env.calibration_batch_size``), two ways, or on the search split itself (a third):
 
 - ``one-pass`` (the library's): ranges and BN statistics measured in the same pass, each unit's range on
   what the quantized, re-normalised units before it produce (``amc.compress.recalibrate_bn``);
 - ``two-pass`` (the library's way until 2026-11-30): ranges on float inputs under the trained BN statistics,
   then the statistics in a second pass with the activations quantized (and both again for a unit whose
-  input the old statistics silenced).
+  input the old statistics silenced);
+- ``search-batch`` (``env.calibration_set=search``): both measured on one evaluation batch of the search
+  split itself (a seeded random 256), in the evaluation's own pass (``amc.compress.calibrate_on_search_batch``;
+  1x256 is ``env.eval_batch_size``), no training images.
 
 It prints, against a fixed point on the largest set (16x128: ranges and statistics re-measured in turn,
 three rounds, so each is measured under the other, as the evaluated model uses them), the mean accuracy,
@@ -49,6 +53,7 @@ WAYS = [
     ("one-pass", 2, 128),
     ("one-pass", 1, 128),
     ("two-pass", 1, 128),
+    ("search-batch", 1, 256),
 ]
 
 
@@ -65,7 +70,7 @@ def uncalibrated(comp: Compressor, policy: Policy) -> tuple[torch.nn.Module, lis
 class TwoPassCompressor(Compressor):
     """``Compressor`` with the calibration the library used until 2026-11-30 (no reconstruction, no fine-tune)."""
 
-    def apply(self, policy: Policy, timing: dict[str, float] | None = None) -> torch.nn.Module:
+    def apply(self, policy: Policy, timing: dict[str, float] | None = None, calibrate: bool = True) -> torch.nn.Module:
         model, qs = uncalibrated(self, policy)
         if qs:
             calibrate_ranges(model, qs, self.calibration, running=False)
@@ -85,7 +90,7 @@ class FixedPointCompressor(Compressor):
     (with the units before it quantized), and the statistics are measured with those ranges. The reference.
     """
 
-    def apply(self, policy: Policy, timing: dict[str, float] | None = None) -> torch.nn.Module:
+    def apply(self, policy: Policy, timing: dict[str, float] | None = None, calibrate: bool = True) -> torch.nn.Module:
         model, qs = uncalibrated(self, policy)
         for _ in range(3):
             for q in qs:
@@ -101,6 +106,7 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=0.5, help="latency ratio")
     parser.add_argument("--model", default="fmnist_cnn")
     parser.add_argument("--search-size", type=int, default=None, help="search split (default: the config's)")
+    parser.add_argument("--mode", default="joint", choices=["joint", "quantize"], help="the policies' env.mode")
     args = parser.parse_args()
     torch.set_num_threads(1)
     overrides = [f"model={args.model}"]
@@ -111,7 +117,7 @@ def main() -> None:
     data = instantiate(cfg.data)
     model, _ = load_or_pretrain(cfg, data)
     hardware = instantiate(cfg.hardware)
-    env = make_env(model, data, hardware=hardware, budgets={"latency": args.budget}, mode="joint", eval_cache=0)
+    env = make_env(model, data, hardware=hardware, budgets={"latency": args.budget}, mode=args.mode, eval_cache=0)
     rng = np.random.default_rng(0)
     policies = []
     for _ in range(args.policies):
@@ -120,14 +126,17 @@ def main() -> None:
             env.decide(rng.uniform(-1, 1, env.action_dim).astype(np.float32))
         policies.append(env.policy())
     print(
-        f"{args.model}: {len(policies)} random joint policies, latency <= {args.budget}, "
+        f"{args.model}: {len(policies)} random {args.mode} policies, latency <= {args.budget}, "
         f"search split {len(env.search_y)} images, dense {100 * env.dense_accuracy:.2f}%"
     )
     results = {}
     for method, batches, size in WAYS:
         calib = [x for x, _ in data.calibration_batches(batches, size, 0)]
         kind = {"fixed-point": FixedPointCompressor, "two-pass": TwoPassCompressor}.get(method, Compressor)
-        env.compressor = kind(model, env.graph, calibration=calib)
+        cset = "search" if method == "search-batch" else "train"
+        if cset == "search":
+            assert size == env.eval_batch_size, "search-batch calibrates on one evaluation batch"
+        env.compressor = kind(model, env.graph, calibration=calib, calibration_set=cset)
         t0 = time.perf_counter()
         accs = np.array([env.evaluate(p)["accuracy"] for p in policies]) * 100
         results[(method, batches, size)] = (accs, (time.perf_counter() - t0) / len(policies))
