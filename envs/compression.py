@@ -695,6 +695,26 @@ class CompressionEnv(gym.Env):
         """The current episode's decisions as a :class:`Policy`."""
         return Policy([int(k) for k in self.kept], [int(b) for b in self.w], [int(b) for b in self.a])
 
+    def random_policies(self, n: int, seed: int = 0) -> list[Policy]:
+        """``n`` legal policies of uniformly random actions in [-1, 1], each through the budget wall; nothing evaluated.
+
+        What experiments and benchmarks score to compare ways of scoring (same ``seed``, same policies).
+        The current episode is reset.
+
+        Args:
+            n: how many.
+            seed: seed of the actions (NumPy's ``default_rng``; float32 actions, as agents give).
+        """
+        rng = np.random.default_rng(seed)
+        out = []
+        for _ in range(n):
+            self.reset()
+            for _ in range(self.n_units):
+                self.decide(rng.uniform(-1, 1, self.action_dim).astype(np.float32))
+            out.append(self.policy())
+        self.reset()
+        return out
+
     def _evaluate(self, model: torch.nn.Module) -> float:
         """Search accuracy; NaN when any output is NaN/inf (the episode then fails, see ``nonfinite``)."""
         return search_accuracy(model, self.search_x, self.search_y, self.eval_batch_size, self.device)

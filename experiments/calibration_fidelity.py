@@ -118,13 +118,7 @@ def main() -> None:
     model, _ = load_or_pretrain(cfg, data)
     hardware = instantiate(cfg.hardware)
     env = make_env(model, data, hardware=hardware, budgets={"latency": args.budget}, mode=args.mode, eval_cache=0)
-    rng = np.random.default_rng(0)
-    policies = []
-    for _ in range(args.policies):
-        env.reset()
-        for _ in range(env.n_units):
-            env.decide(rng.uniform(-1, 1, env.action_dim).astype(np.float32))
-        policies.append(env.policy())
+    policies = env.random_policies(args.policies, seed=0)
     print(
         f"{args.model}: {len(policies)} random {args.mode} policies, latency <= {args.budget}, "
         f"search split {len(env.search_y)} images, dense {100 * env.dense_accuracy:.2f}%"

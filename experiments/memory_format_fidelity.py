@@ -49,13 +49,7 @@ def main() -> None:
             eval_cache=0,
             memory_format=fmt,
         )
-        rng = np.random.default_rng(0)
-        policies = []
-        for _ in range(args.policies):
-            env.reset()
-            for _ in range(env.n_units):
-                env.decide(rng.uniform(-1, 1, env.action_dim).astype(np.float32))
-            policies.append(env.policy())
+        policies = env.random_policies(args.policies, seed=0)
         t0 = time.perf_counter()
         scores[fmt] = np.array([env.evaluate(p)["accuracy"] for p in policies]) * 100
         seconds[fmt] = (time.perf_counter() - t0) / len(policies)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import platform
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from test_env import make_small_env
@@ -15,14 +14,7 @@ from amc.utils import release_freed_memory
 
 
 def _random_policies(env, n: int, seed: int = 0) -> list:
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        env.reset()
-        for _ in range(env.n_units):
-            env.decide(rng.uniform(-1, 1, env.action_dim).astype(np.float32))
-        out.append(env.policy())
-    return out
+    return env.random_policies(n, seed)
 
 
 def test_a_repeated_configuration_reuses_its_accuracy_exactly() -> None:
@@ -238,3 +230,12 @@ def test_channels_last_models_score_what_contiguous_ones_do(calibration_set: str
     for p in policies:
         scores = [e.evaluate(p)["accuracy"] for e in envs]
         assert abs(scores[0] - scores[1]) * 96 <= 4.01, f"{scores}: more than a few predictions changed"
+
+
+def test_random_policies_are_legal_and_repeat_for_a_seed() -> None:
+    env = make_small_env("joint", budgets={"bitops": 0.5})
+    a, b = env.random_policies(4, seed=3), env.random_policies(4, seed=3)
+    assert a == b and a != env.random_policies(4, seed=4)
+    assert len({str(p) for p in a}) > 1
+    for p in a:
+        assert env.wall.feasible(p.kept, p.w_bits, p.a_bits)

@@ -41,14 +41,7 @@ def _alive(pid: int) -> bool:
 
 
 def _random_policies(env, n: int) -> list[Policy]:
-    rng = np.random.default_rng(0)
-    out = []
-    for _ in range(n):
-        env.reset()
-        for _ in range(env.n_units):
-            env.decide(rng.uniform(-1, 1, env.action_dim))
-        out.append(env.policy())
-    return out
+    return env.random_policies(n, seed=0)
 
 
 @pytest.mark.parametrize("calibration_set", ["train", "search"])
