@@ -349,7 +349,9 @@ class Compressor:
 
     def __post_init__(self) -> None:
         if self.calibration_set not in ("train", "search"):
-            raise AmcError(f"calibration_set={self.calibration_set!r} is unknown; use train or search")
+            raise AmcError(
+                f"env.calibration_set={self.calibration_set!r} is not an option; choose one of train, search"
+            )
         self.model.eval()
         self.scores = channel_scores(self.selection, self.model, self.graph, self.calibration)
         self.example = torch.zeros((1, *self.graph.input_shape), device=next(self.model.parameters()).device)
@@ -359,7 +361,13 @@ class Compressor:
         """Indices of the channels each group keeps under ``policy``."""
         return keep_indices(self.scores, policy.kept)
 
-    def apply(self, policy: Policy, timing: dict[str, float] | None = None, calibrate: bool = True) -> nn.Module:
+    def apply(
+        self,
+        policy: Policy,
+        timing: dict[str, float] | None = None,
+        calibrate: bool = True,
+        channels_last: bool | None = None,
+    ) -> nn.Module:
         """A compressed copy of the model (in eval mode) for ``policy``.
 
         Args:
@@ -369,7 +377,15 @@ class Compressor:
             calibrate: measure the BN statistics and activation ranges on the calibration batches;
                 ``False`` leaves them to the caller (:func:`calibrate_on_search_batch`), except the
                 ranges a per-episode fine-tune needs before it starts.
+            channels_last: the model's memory order (``None``: the compressor's ``channels_last``). The
+                search's test accuracy asks for NCHW, so that it is the number ``amc.finetune`` reports
+                for the same policy whatever ``env.memory_format`` the search ran in.
         """
+        nhwc = self.channels_last if channels_last is None else channels_last
+        calibration = self.calibration
+        if nhwc != self.channels_last:  # the batches in the model's order, so the arithmetic is that order's
+            order = torch.channels_last if nhwc else torch.contiguous_format
+            calibration = [x.contiguous(memory_format=order) if x.dim() == 4 else x for x in calibration]
         timing = timing if timing is not None else {}
         t = time.perf_counter()
         model = copy.deepcopy(self.model)
@@ -378,7 +394,7 @@ class Compressor:
         t = _lap(timing, "selection", t)
         if self.reconstruction:
             self._reconstruct(model, keep, policy)
-        if self.channels_last:
+        if nhwc:
             model = model.to(memory_format=torch.channels_last)
         t = _lap(timing, "reconstruction", t)
         names = [u.name for u in self.graph.units]
@@ -388,7 +404,7 @@ class Compressor:
             quantizers = [q for q in activation_quantizers(model).values() if q.calibrating]
             # Ranges are measured in the BatchNorm pass below when there is one and nothing runs in between.
             if quantizers and (self.finetune_batches or (calibrate and not self.bn_recalibration)):
-                calibrate_ranges(model, quantizers, self.calibration, running=True)
+                calibrate_ranges(model, quantizers, calibration, running=True)
                 quantizers = []
         t = _lap(timing, "quantization", t)
         if self.finetune_batches:
@@ -398,7 +414,7 @@ class Compressor:
             model.eval()
             return model
         if self.bn_recalibration:
-            recalibrate_bn(model, self.calibration, quantizers)
+            recalibrate_bn(model, calibration, quantizers)
         _lap(timing, "calibration", t)
         model.eval()
         return model

@@ -133,7 +133,7 @@ def iterate(
         callbacks = build_callbacks(cfg, search_cfg.get("callbacks"))  # never built from the search's file
         summary, env = search(rcfg, model, data, {"test_top1": prev_test}, rdir, checkpoint, callbacks=callbacks)
         policy = Policy.load(rdir / "best_policy.json", env.graph)
-        compressed = env.compressor.apply(policy)
+        compressed = env.compressor.apply(policy, channels_last=False)  # the deployable model: NCHW, as amc.finetune
         test_before = accuracy(compressed, data.test_loader(), device, topk)["top1"]
         history: list[dict[str, float]] = []
         if recipe.epochs > 0:

@@ -411,7 +411,7 @@ def summarize(
     test_acc = None
     if cfg.callbacks.get("test_best", True):
         policy = Policy.from_dict(best.policy or {}, env.graph)
-        compressed = env.compressor.apply(policy).to(env.device)
+        compressed = env.compressor.apply(policy, channels_last=False).to(env.device)  # as amc.finetune builds it
         test_acc = accuracy(compressed, data.test_loader(), env.device)["top1"]
         best_writer.write(
             best, episodes_done=len(result.episodes), test_accuracy=test_acc, dense_test_accuracy=meta.get("test_top1")

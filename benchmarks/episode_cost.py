@@ -162,10 +162,10 @@ def phases(args: argparse.Namespace) -> None:
     head = f"{'model':<14}{'mode':<9}{'split':>6}{'calib. set':>11}" + "".join(f"{c[:12]:>13}" for c in cols)
     print(head + f"{'episode s':>10}{'forward s':>10}{'ratio':>7}")
     with tempfile.TemporaryDirectory() as tmp:
-        for workload in args.models.split(","):
-            for split in (int(s) for s in args.splits.split(",")):
-                for mode in args.modes.split(","):
-                    for cset in args.calibration_sets.split(","):
+        for workload in args.models:
+            for split in args.splits:
+                for mode in args.modes:
+                    for cset in args.calibration_sets:
                         r = bench(
                             workload,
                             split,
@@ -212,9 +212,9 @@ def workers(args: argparse.Namespace) -> None:
         f"cpus={os.cpu_count()} load before={' '.join(f'{v:.2f}' for v in os.getloadavg())}"
     )
     print(f"{'agent':<8}{'n_envs':>7}{'episodes/s':>12}{'ratio':>7}{'start s':>9}")
-    for agent_name in args.agents.split(","):
+    for agent_name in args.agents:
         base = None
-        for n in (int(v) for v in args.n_envs.split(",")):
+        for n in args.n_envs:
             rate, started = search_rate(agent_name, n, args)
             base = rate if base is None else base
             print(f"{agent_name:<8}{n:>7}{rate:>12.3f}{rate / base:>7.2f}{started:>9.2f}", flush=True)
@@ -350,26 +350,53 @@ def autoq(args: argparse.Namespace) -> None:
     )
 
 
+def listed(choices: tuple[str, ...] | None = None, kind: type = str):  # noqa: ANN201
+    """An argparse type: a comma-separated list (spaces ignored), each item of ``kind`` and among ``choices``."""
+
+    def parse(text: str) -> list:
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        if not items:
+            raise argparse.ArgumentTypeError("give at least one value")
+        try:
+            values = [kind(t) for t in items]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of {kind.__name__}") from None
+        bad = [t for t in items if choices is not None and t not in choices]
+        if bad:
+            raise argparse.ArgumentTypeError(f"{', '.join(bad)} not among {', '.join(choices)}")
+        return values
+
+    return parse
+
+
+MODELS = ("fmnist_cnn", "resnet20", "resnet20@32")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="part", required=True)
     p = sub.add_parser("phases", help="seconds per phase and the episode / forward ratio")
     p.add_argument("--episodes", type=int, default=5)
-    p.add_argument("--models", default="fmnist_cnn,resnet20,resnet20@32", help="name[@32 for 3x32x32 images]")
-    p.add_argument("--splits", default="512,5000")
-    p.add_argument("--modes", default="prune,quantize,joint")
+    p.add_argument(
+        "--models", type=listed(MODELS), default="fmnist_cnn,resnet20,resnet20@32", help="name[@32 for 3x32x32 images]"
+    )
+    p.add_argument("--splits", type=listed(kind=int), default="512,5000")
+    p.add_argument("--modes", type=listed(("prune", "quantize", "joint")), default="prune,quantize,joint")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--calibration-batches", type=int, default=4, help="env.calibration_batches (of 128 images)")
     p.add_argument("--reconstruction", action="store_true", help="AMC's least-squares reconstruction on")
     p.add_argument(
-        "--calibration-sets", default="train,search", help="env.calibration_set values to time (train, search)"
+        "--calibration-sets",
+        type=listed(("train", "search")),
+        default="train,search",
+        help="env.calibration_set values to time (train, search)",
     )
-    p.add_argument("--memory-format", default="contiguous", help="env.memory_format (contiguous, channels_last, auto)")
+    p.add_argument("--memory-format", default="contiguous", choices=("contiguous", "channels_last", "auto"))
     w = sub.add_parser("workers", help="episodes per second with agent.n_envs workers, and the ratio to one")
     w.add_argument("--episodes", type=int, default=48, help="per search (a multiple of every n_envs)")
     w.add_argument("--split", type=int, default=5000, help="search-split images")
-    w.add_argument("--agents", default="random,ddpg")
-    w.add_argument("--n-envs", default="1,2,4")
+    w.add_argument("--agents", type=listed(("random", "ddpg")), default="random,ddpg")
+    w.add_argument("--n-envs", type=listed(kind=int), default="1,2,4")
     w.add_argument("--threads", type=int, default=1, help="torch threads of each worker (and of the main process)")
     m = sub.add_parser("memory", help="peak RSS of a prune search after --early episodes and at the end")
     m.add_argument("--episodes", type=int, default=400)

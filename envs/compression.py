@@ -223,6 +223,16 @@ class CompressionEnv(gym.Env):
         self.device = torch.device(device)
         self.search_x, self.search_y = search_data
         self.eval_batch_size = int(eval_batch_size)
+        calibrating = min(self.eval_batch_size, len(self.search_y))
+        if compressor.calibration_set == "search" and calibrating < 128:
+            log.warning(
+                "env.calibration_set=search calibrates every model on one evaluation batch: %d images here "
+                "(env.eval_batch_size=%d, search split %d); BN statistics from fewer than 128 images make the "
+                "scores noisy: raise env.eval_batch_size or use env.calibration_set=train",
+                calibrating,
+                self.eval_batch_size,
+                len(self.search_y),
+            )
         self.min_keep = float(min_keep)
         self.channel_multiple = max(1, int(channel_multiple))
         self.levels, self.wall_mode, self.reference_mode = levels, wall, reference
@@ -972,8 +982,11 @@ def use_channels_last(
         if ref.shape != alt.shape or not torch.allclose(ref, alt, rtol=1e-3, atol=1e-4 * max(1.0, scale)):
             problem = "its outputs differ in NHWC order"
     except RuntimeError as exc:
-        problem = f"it fails in NHWC order ({' '.join(str(exc).split())[:120]})"
+        words = " ".join(str(exc).split())
+        short = words if len(words) <= 100 else words[:100].rsplit(" ", 1)[0] + " ..."
+        problem = f"it fails in NHWC order: {short}"
     if problem is None:
+        log.info("env.memory_format=%s: compressed models are evaluated in channels_last (NHWC) order", memory_format)
         return True
     if memory_format == "channels_last":
         raise AmcError(f"env.memory_format=channels_last does not fit this model: {problem}; use auto or contiguous")

@@ -180,7 +180,10 @@ def test_channels_last_is_chosen_only_where_the_model_runs_the_same_in_it() -> N
     assert not use_channels_last("auto", resnet, images, torch.device("meta"))  # not a CPU: not measured there
     viewing, small = _Flattening().eval(), [torch.randn(4, 3, 8, 8)]
     assert not use_channels_last("auto", viewing, small, cpu)
-    with pytest.raises(AmcError, match=r"channels_last does not fit this model: it fails in NHWC order .*use auto"):
+    with pytest.raises(
+        AmcError,
+        match=r"channels_last does not fit this model: it fails in NHWC order: view size .*; use auto or contiguous$",
+    ):
         use_channels_last("channels_last", viewing, small, cpu)
     flat = torch.nn.Sequential(torch.nn.Linear(6, 3))
     assert not use_channels_last("auto", flat, [torch.randn(4, 6)], cpu)
@@ -191,7 +194,9 @@ def test_channels_last_is_chosen_only_where_the_model_runs_the_same_in_it() -> N
 
 
 @pytest.mark.parametrize("calibration_set", ["train", "search"])
-def test_channels_last_models_score_what_contiguous_ones_do(calibration_set: str) -> None:
+def test_channels_last_models_score_what_contiguous_ones_do(
+    calibration_set: str, caplog: pytest.LogCaptureFixture
+) -> None:
     from amc.envs import CompressionEnv
 
     from amc.compress import Compressor, Policy
@@ -217,6 +222,8 @@ def test_channels_last_models_score_what_contiguous_ones_do(calibration_set: str
         envs.append(
             CompressionEnv(comp, (x.contiguous(memory_format=order), y), budgets={"bitops": 0.4}, eval_batch_size=32)
         )
+    small_batch = "calibrates every model on one evaluation batch: 32 images here" in caplog.text
+    assert small_batch == (calibration_set == "search"), "a search calibration batch under 128 images is not warned"
     policies = _random_policies(envs[0], 4)
     compressed = envs[1].compressor.apply(policies[0])
     assert compressed.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
@@ -226,6 +233,10 @@ def test_channels_last_models_score_what_contiguous_ones_do(calibration_set: str
     pruned = Policy(policies[0].kept, [32] * len(policies[0].w_bits), [32] * len(policies[0].a_bits))
     a, b = (e.compressor.apply(pruned)(e.search_x).detach() for e in envs)
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    # The deployable (test) model of an NHWC search is the NCHW one, bit for bit (amc.train's test accuracy).
+    deploy = envs[1].compressor.apply(policies[0], channels_last=False)
+    assert deploy.stem[0].weight.is_contiguous()
+    assert torch.equal(deploy(x).detach(), envs[0].compressor.apply(policies[0])(x).detach())
     # Quantized: a value on a rounding boundary may land on the other level, so a few argmax flips at most.
     for p in policies:
         scores = [e.evaluate(p)["accuracy"] for e in envs]
@@ -239,3 +250,24 @@ def test_random_policies_are_legal_and_repeat_for_a_seed() -> None:
     assert len({str(p) for p in a}) > 1
     for p in a:
         assert env.wall.feasible(p.kept, p.w_bits, p.a_bits)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--calibration-sets", "val"], "argument --calibration-sets: val not among train, search"),
+        (["--modes", "prune, foo"], "argument --modes: foo not among prune, quantize, joint"),
+        (["--memory-format", "nhwc"], "argument --memory-format: invalid choice: 'nhwc'"),
+        (["--splits", "512,x"], "argument --splits: '512,x' is not a comma-separated list of int"),
+    ],
+)
+def test_bad_benchmark_options_are_one_line_before_any_measurement(args: list[str], message: str) -> None:
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    res = subprocess.run(
+        [sys.executable, "benchmarks/episode_cost.py", "phases", *args], cwd=repo, capture_output=True, text=True
+    )
+    assert res.returncode == 2 and "Traceback" not in res.stderr and not res.stdout
+    assert message in res.stderr.strip().splitlines()[-1], res.stderr

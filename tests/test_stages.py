@@ -367,5 +367,5 @@ def test_calibration_on_the_search_split_is_one_random_batch_evaluated_in_the_sa
     comp.calibration_set = "train"
     measure_accuracy(comp, policy, x, y, 16, torch.device("cpu"), {})
     assert calls == [16] * 3 + [16, 16, 8]
-    with pytest.raises(AmcError, match="calibration_set='val' is unknown"):
+    with pytest.raises(AmcError, match="calibration_set='val' is not an option; choose one of train, search"):
         Compressor(model, graph, calibration=calib, calibration_set="val")
