@@ -283,6 +283,28 @@ MUTATIONS = [
         "        if False:\n            shutil.rmtree(final)",
         ("tests/test_train.py::test_kills_inside_the_checkpoint_writes_resume_to_the_same_search",),
     ),
+    # Episode cost (issue #16).
+    Mutation(
+        "search calibration on the first images of the split",
+        "amc/compress.py",
+        "return torch.randperm(n, generator=gen)[: min(n, size)].sort().values",
+        "return torch.arange(min(n, size))",
+        (f"{STAGES}::test_calibration_on_the_search_split_is_one_random_batch_evaluated_in_the_same_pass",),
+    ),
+    Mutation(
+        "heap trimmed after every episode",
+        "amc/utils.py",
+        "        if rss <= self.reference * (1 + self.slack):\n            return False",
+        "        if False:\n            return False",
+        ("tests/test_episode_cost.py::test_the_heap_is_trimmed_only_once_resident_memory_grew_past_the_slack",),
+    ),
+    Mutation(
+        "channels_last ignored",
+        "amc/compress.py",
+        "        if nhwc:\n            model = model.to(memory_format=torch.channels_last)",
+        "        if False:\n            model = model.to(memory_format=torch.channels_last)",
+        ("tests/test_episode_cost.py::test_channels_last_models_score_what_contiguous_ones_do",),
+    ),
 ]
 
 
