@@ -42,6 +42,9 @@ class EpisodeRecord:
         eligible: whether the policy went through the budget wall (only those can be the best).
         extras: agent-specific numbers (e.g. the noise sigma).
         policy: the policy (:meth:`amc.compress.Policy.to_dict`).
+        cached: its accuracy came from the environment's evaluation cache (``env.eval_cache``), not a new
+            compression and evaluation. The cache is not checkpointed, so a resumed search may measure
+            again what the straight one recalled: compare runs without this column (and ``seconds``).
     """
 
     episode: int
@@ -55,6 +58,7 @@ class EpisodeRecord:
     eligible: bool = True
     extras: dict[str, float] = field(default_factory=dict)
     policy: dict[str, Any] | None = None
+    cached: bool = False
 
     @classmethod
     def from_info(
@@ -82,6 +86,7 @@ class EpisodeRecord:
             eligible=eligible and "failed" not in info and math.isfinite(float(info["accuracy"])),
             extras={k: float(v) for k, v in (extras or {}).items()},
             policy=info.get("policy"),
+            cached=bool(info.get("cached", False)),
         )
 
     def row(self) -> dict[str, Any]:
@@ -94,6 +99,7 @@ class EpisodeRecord:
         }
         out.update({f"ratio/{k}": v for k, v in self.ratios.items()})
         out["seconds"] = self.seconds
+        out["cached"] = int(self.cached)
         out["eligible"] = int(self.eligible)
         out.update(self.extras)
         return out

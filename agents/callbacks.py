@@ -107,7 +107,7 @@ def _with_best(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 class EpisodeLog(SearchCallback):
-    """``episodes.csv``: one row per episode (phase, reward, accuracy, every cost ratio, seconds, best so far).
+    """``episodes.csv``: one row per episode (phase, reward, accuracy, every cost ratio, seconds, cached, best so far).
 
     After a resume the file is rewritten from the checkpoint's history, so it never holds episodes
     that the resumed search runs again.

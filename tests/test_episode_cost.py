@@ -271,3 +271,17 @@ def test_bad_benchmark_options_are_one_line_before_any_measurement(args: list[st
     )
     assert res.returncode == 2 and "Traceback" not in res.stderr and not res.stdout
     assert message in res.stderr.strip().splitlines()[-1], res.stderr
+
+
+def test_episode_records_say_which_accuracies_came_from_the_cache() -> None:
+    from amc.agents.base import EpisodeRecord
+
+    env = make_small_env("joint", budgets={"bitops": 0.5})
+    (policy,) = env.random_policies(1, seed=2)
+    first, again = env.evaluate(policy), env.evaluate(policy)
+    rows = [EpisodeRecord.from_info(i + 1, "explore", info, 0.1).row() for i, info in enumerate((first, again))]
+    assert [r["cached"] for r in rows] == [0, 1]
+    rec = EpisodeRecord.from_info(2, "explore", again, 0.1)
+    assert EpisodeRecord.from_dict(rec.to_dict()).cached is True
+    old = {k: v for k, v in rec.to_dict().items() if k != "cached"}  # a checkpoint written before the column
+    assert EpisodeRecord.from_dict(old).cached is False

@@ -114,7 +114,10 @@ def test_saved_state_continues_like_an_uninterrupted_search(tmp_path: Path) -> N
     resumed.load(tmp_path / "ckpt", env2, episodes)
     assert resumed.episodes_done == 8
     rest = resumed.search(env2, episodes)
-    strip = [[{k: v for k, v in row.items() if k != "seconds"} for row in r.episodes] for r in (straight, rest)]
+    strip = [
+        [{k: v for k, v in row.items() if k not in ("seconds", "cached")} for row in r.episodes]
+        for r in (straight, rest)
+    ]
     assert strip[0] == strip[1]
     assert rest.best is not None and straight.best is not None
     assert rest.best.policy == straight.best.policy and rest.best.phase == "ilp"
@@ -153,7 +156,10 @@ def test_train_cli_ilp_resumes_after_sigkill_with_the_same_best_policy(tmp_path:
     a, b = (json.loads((d / "best_policy.json").read_text()) for d in (killed, straight))
     assert a["policy"] == b["policy"] and a["episode"] == b["episode"] and a["reward"] == b["reward"]
     rows = [
-        [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader((d / "episodes.csv").open())]
+        [
+            {k: v for k, v in r.items() if k not in ("seconds", "cached")}
+            for r in csv.DictReader((d / "episodes.csv").open())
+        ]
         for d in (killed, straight)
     ]
     assert rows[0] == rows[1]

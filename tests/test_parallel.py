@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _rows(episodes: list[dict]) -> list[dict]:
-    return [{k: v for k, v in row.items() if k != "seconds"} for row in episodes]
+    return [{k: v for k, v in row.items() if k not in ("seconds", "cached")} for row in episodes]
 
 
 def _alive(pid: int) -> bool:

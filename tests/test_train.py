@@ -102,7 +102,7 @@ def test_search_writes_every_output(agent: str, cfg_for: Callable[..., DictConfi
     assert len(policy.kept) == len(graph.groups)
     rows = list(csv.DictReader((tmp_path / "episodes.csv").open()))
     assert len(rows) == summary["episodes"]
-    assert {"reward", "accuracy", "ratio/latency", "ratio/macs", "seconds"} <= set(rows[0])
+    assert {"reward", "accuracy", "ratio/latency", "ratio/macs", "seconds", "cached"} <= set(rows[0])
     assert float(rows[-1]["best_reward"]) == pytest.approx(best["reward"])
     assert (tmp_path / "checkpoints" / "latest.json").is_file() and (tmp_path / "best_policy.png").is_file()
     assert "| latency" in summary["table"] and "dense" in summary["table"]
@@ -162,7 +162,10 @@ def _same_search(killed: Path, straight: Path) -> None:
     assert a["policy"] == b["policy"] and a["episode"] == b["episode"] and a["reward"] == b["reward"]
     assert a["config_hash"] == b["config_hash"]
     rows = [
-        [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader((d / "episodes.csv").open())]
+        [
+            {k: v for k, v in r.items() if k not in ("seconds", "cached")}
+            for r in csv.DictReader((d / "episodes.csv").open())
+        ]
         for d in (killed, straight)
     ]
     assert rows[0] == rows[1] and len(rows[0]) == 14
