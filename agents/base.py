@@ -415,7 +415,7 @@ def evaluate_config(
         w_bits: weight bits per unit.
         a_bits: activation bits per unit.
     """
-    policy = Policy([int(k) for k in kept], [int(b) for b in w_bits], [int(b) for b in a_bits])
+    policy = Policy.of(kept, w_bits, a_bits)
     return env.evaluate(policy)
 
 
@@ -428,5 +428,5 @@ def evaluate_configs(
         env: the environment.
         configs: (kept, w_bits, a_bits) per configuration.
     """
-    policies = [Policy([int(k) for k in c[0]], [int(b) for b in c[1]], [int(b) for b in c[2]]) for c in configs]
+    policies = [Policy.of(*c[:3]) for c in configs]
     return env.evaluate_many(policies)

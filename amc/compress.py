@@ -42,6 +42,17 @@ class Policy:
     a_bits: list[int]
 
     @classmethod
+    def of(cls, kept: Sequence[Any], w_bits: Sequence[Any], a_bits: Sequence[Any]) -> Policy:
+        """A policy from any integer-like sequences (NumPy arrays, tensors, lists), stored as Python ints.
+
+        Args:
+            kept: kept channels per group.
+            w_bits: weight bits per unit.
+            a_bits: activation bits per unit.
+        """
+        return cls([int(k) for k in kept], [int(b) for b in w_bits], [int(b) for b in a_bits])
+
+    @classmethod
     def dense(cls, graph: ModelGraph) -> Policy:
         """The uncompressed policy of a graph."""
         n = len(graph.units)

@@ -409,11 +409,11 @@ class CompressionEnv(gym.Env):
         """
         candidates = self.uniform_candidates()
         if not candidates:
-            return Policy([int(k) for k in self.min_kept], [int(b) for b in self.min_w], [int(b) for b in self.min_a])
+            return Policy.of(self.min_kept, self.min_w, self.min_a)
         best_ratio = max(r for r, _ in candidates)
         ratio, bits = next((r, b) for r, b in candidates if r >= 0.9 * best_ratio)
         kept, w, a = self.uniform_config(ratio, bits)
-        return Policy([int(k) for k in kept], [int(b) for b in w], [int(b) for b in a])
+        return Policy.of(kept, w, a)
 
     def set_reference(self, policy: Policy | None) -> None:
         """Centre the actions on ``policy`` (and, with ``wall=reserve``, hold undecided units at it when it fits).
@@ -429,7 +429,7 @@ class CompressionEnv(gym.Env):
             self.reference = None
             self._reset_state()
             return
-        policy = Policy([int(k) for k in policy.kept], [int(b) for b in policy.w_bits], [int(b) for b in policy.a_bits])
+        policy = Policy.of(policy.kept, policy.w_bits, policy.a_bits)
         policy.validate(self.graph)
         for t in range(self.n_units):
             if policy.w_bits[t] not in self.w_choices[t] or policy.a_bits[t] not in self.a_choices[t]:
@@ -703,7 +703,7 @@ class CompressionEnv(gym.Env):
     # --- end of episode ------------------------------------------------------------------------
     def policy(self) -> Policy:
         """The current episode's decisions as a :class:`Policy`."""
-        return Policy([int(k) for k in self.kept], [int(b) for b in self.w], [int(b) for b in self.a])
+        return Policy.of(self.kept, self.w, self.a)
 
     def random_policies(self, n: int, seed: int = 0) -> list[Policy]:
         """``n`` legal policies of uniformly random actions in [-1, 1], each through the budget wall; nothing evaluated.
@@ -903,9 +903,7 @@ class CompressionEnv(gym.Env):
         Args:
             states: the finished episodes' states.
         """
-        policies = [
-            Policy([int(k) for k in s["kept"]], [int(b) for b in s["w"]], [int(b) for b in s["a"]]) for s in states
-        ]
+        policies = [Policy.of(s["kept"], s["w"], s["a"]) for s in states]
         infos = self.evaluate_many(policies, [{"wall_and_features": float(s["wall_seconds"])} for s in states])
         for info, s in zip(infos, states):
             info["actions"] = self.actions_for(s["kept"], s["w"], s["a"])

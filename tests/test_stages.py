@@ -369,3 +369,11 @@ def test_calibration_on_the_search_split_is_one_random_batch_evaluated_in_the_sa
     assert calls == [16] * 3 + [16, 16, 8]
     with pytest.raises(AmcError, match="calibration_set='val' is not an option; choose one of train, search"):
         Compressor(model, graph, calibration=calib, calibration_set="val")
+
+
+def test_policy_of_stores_python_ints_from_any_integer_sequence() -> None:
+    import numpy as np
+
+    p = Policy.of(np.array([3, 4]), torch.tensor([8, 4, 2]), [2.0, 8, np.int64(4)])
+    assert p == Policy([3, 4], [8, 4, 2], [2, 8, 4])
+    assert all(type(v) is int for v in [*p.kept, *p.w_bits, *p.a_bits])
