@@ -57,7 +57,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from amc.envs import make_env
+from amc.envs import CompressionEnv, make_env
 
 from amc.data import CIFAR10, FashionMNIST
 from amc.data.cifar import write_cifar_batch
@@ -95,35 +95,18 @@ def data_for(workload: str, split: int, tmp: Path):  # noqa: ANN201
     return FashionMNIST(root=fmnist_root(), search_size=split)
 
 
-def bench(
-    workload: str,
-    split: int,
-    mode: str,
-    episodes: int,
-    tmp: Path,
-    calibration: int = 4,
-    reconstruction: bool = False,
-    calibration_set: str = "train",
-    memory_format: str = "contiguous",
-) -> dict[str, float]:
-    """Seconds per phase, per episode and of one forward pass, for one model, split and mode."""
-    name = workload.split("@")[0]
+def bench_env(workload: str, split: int, mode: str, tmp: Path, **options: object) -> CompressionEnv:
+    """The measured environment: an untrained ``workload`` model (seed 0), 50 % MACs in prune mode, 50 % BitOps
+    otherwise, the evaluation cache off; ``options`` are more :func:`make_env` arguments."""
     data = data_for(workload, split, tmp)
     torch.manual_seed(0)
-    model = build_model(name, num_classes=10, in_channels=data.in_channels)
+    model = build_model(workload.split("@")[0], num_classes=10, in_channels=data.in_channels)
     budgets = {"macs": 0.5} if mode == "prune" else {"bitops": 0.5}
-    env = make_env(
-        model,
-        data,
-        budgets=budgets,
-        mode=mode,
-        seed=0,
-        eval_cache=0,
-        calibration_batches=calibration,
-        reconstruction=reconstruction,
-        calibration_set=calibration_set,
-        memory_format=memory_format,
-    )
+    return make_env(model, data, budgets=budgets, mode=mode, seed=0, eval_cache=0, **options)
+
+
+def bench(env: CompressionEnv, episodes: int) -> dict[str, float]:
+    """Seconds per phase, per episode and of one forward pass, over ``episodes`` seeded random episodes of ``env``."""
     rng = np.random.default_rng(0)
     phases: dict[str, float] = {}
     total = 0.0
@@ -166,17 +149,17 @@ def phases(args: argparse.Namespace) -> None:
             for split in args.splits:
                 for mode in args.modes:
                     for cset in args.calibration_sets:
-                        r = bench(
+                        env = bench_env(
                             workload,
                             split,
                             mode,
-                            args.episodes,
                             Path(tmp),
-                            args.calibration_batches,
-                            args.reconstruction,
-                            cset,
-                            args.memory_format,
+                            calibration_batches=args.calibration_batches,
+                            reconstruction=args.reconstruction,
+                            calibration_set=cset,
+                            memory_format=args.memory_format,
                         )
+                        r = bench(env, args.episodes)
                         print(
                             f"{workload:<14}{mode:<9}{split:>6}{cset:>11}"
                             + "".join(f"{r.get(c, 0.0):>13.4f}" for c in cols)
@@ -189,10 +172,7 @@ def search_rate(agent_name: str, n: int, args: argparse.Namespace) -> tuple[floa
     """(episodes per second, seconds to start the workers) of one search with ``n_envs=n``."""
     from amc.agents import DDPGAgent, RandomSearch
 
-    data = FashionMNIST(root=fmnist_root(), search_size=args.split)
-    torch.manual_seed(0)
-    model = build_model("fmnist_cnn", num_classes=10, in_channels=data.in_channels)
-    env = make_env(model, data, budgets={"bitops": 0.5}, mode="joint", seed=0, eval_cache=0)
+    env = bench_env("fmnist_cnn", args.split, "joint", Path(tempfile.gettempdir()))  # no files written for it
     if agent_name == "random":
         agent = RandomSearch(seed=0, n_envs=n)
     else:
@@ -292,28 +272,10 @@ def autoq(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for fmt in ("contiguous", "channels_last"):
             for cset in ("train", "search"):
-                row = bench(
-                    "resnet20@32",
-                    args.split,
-                    "quantize",
-                    args.episodes,
-                    Path(tmp),
-                    calibration_set=cset,
-                    memory_format=fmt,
+                env = bench_env(
+                    "resnet20@32", args.split, "quantize", Path(tmp), calibration_set=cset, memory_format=fmt
                 )
-                data = data_for("resnet20@32", args.split, Path(tmp))
-                torch.manual_seed(0)
-                model = build_model("resnet20", num_classes=10, in_channels=data.in_channels)
-                env = make_env(
-                    model,
-                    data,
-                    budgets={"bitops": 0.5},
-                    mode="quantize",
-                    seed=0,
-                    eval_cache=0,
-                    calibration_set=cset,
-                    memory_format=fmt,
-                )
+                row = bench(env, args.episodes)
                 agent = DDPGAgent(warmup=4 / args.episodes, exploit=0, seed=0)
                 t0 = time.perf_counter()
                 agent.search(env, args.episodes)
