@@ -154,6 +154,11 @@ def _unit_inputs(graph: ModelGraph, kept: Sequence[int]) -> list[int]:
     return [u.fixed_in + sum(kept[g] * m for g, m in u.in_groups) for u in graph.units]
 
 
+def _tracking_bns(model: nn.Module) -> list[nn.Module]:
+    """``model``'s BatchNorm layers that keep running statistics (the ones calibration re-estimates)."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
 @contextlib.contextmanager
 def _calibrating(
     model: nn.Module, quantizers: Sequence[ActivationQuantizer], bn: bool = True
@@ -163,11 +168,7 @@ def _calibrating(
     Yields ``after_batch``, to call after each batch: it freezes every quantizer that has seen a non-zero
     input. On exit the statistics are kept, every quantizer is frozen and the model is in eval mode.
     """
-    bns = (
-        [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-        if bn
-        else []
-    )
+    bns = _tracking_bns(model) if bn else []
     model.eval()
     saved = []
     for m in bns:
@@ -216,8 +217,7 @@ def recalibrate_bn(
         quantizers: activation quantizers attached to ``model`` to calibrate in the same pass (fresh
             ones; a unit whose first batch was all zeros keeps measuring until it sees a non-zero input).
     """
-    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats for m in model.modules())
-    if not has_bn or not batches:
+    if not _tracking_bns(model) or not batches:
         if quantizers:  # ranges alone (none without batches: the quantizers then pass their inputs through)
             calibrate_ranges(model, quantizers, batches, running=True)
         return
