@@ -159,6 +159,77 @@ def _tracking_bns(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
 
 
+class _BatchStatistics:
+    """BatchNorm layers in train mode normalising by batch statistics that are reduced in float32 on CPU.
+
+    PyTorch's CPU kernel reduces an NCHW batch's mean and variance one channel at a time in a scalar
+    double-precision loop: on a 128 x 16 x 28 x 28 batch (ResNet-20's first stage on Fashion-MNIST, one
+    thread) it took 2.2 ms, against 0.2 ms for the same layer in eval mode and 0.55 ms here
+    (``torch.profiler`` over a whole calibration pass: BatchNorm was 34 % of it, 6 % of an evaluation),
+    the cost that made a calibration pass 1.5x an evaluation per image (1.2x with this). Here the
+    statistics are two vectorised float32 reductions (mean, then the centred sum of squares, as the
+    kernel does), written into the layer's running buffers so that its eval-mode kernel normalises by
+    them, and the running statistics are then updated with the kernel's rule (``momentum``, or the
+    cumulative average when it is ``None``; unbiased variance), so between batches the layer holds what
+    a train-mode forward leaves. Results agree with the kernel to float32 rounding (a few units in the
+    last place), not bit for bit.
+
+    Applies to contiguous (NCHW) float32 CPU inputs with more than one value per channel and gradients
+    off (a backward pass through the batch statistics needs the kernel); any other call runs the kernel
+    unchanged, channels-last inputs among them (the kernel reduces those vectorised: 0.96 ms against
+    0.82 ms here on the layer above, and faster than this on smaller layers). A layer in eval mode (e.g.
+    after ``model.eval()``) is left alone.
+    """
+
+    def __init__(self, bns: Sequence[nn.Module]) -> None:
+        self._pending: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._handles = []
+        for m in bns:
+            self._handles.append(m.register_forward_pre_hook(self._before))
+            self._handles.append(m.register_forward_hook(self._after))
+
+    def _before(self, m: nn.Module, args: tuple[Any, ...]) -> None:
+        x = args[0] if args else None
+        if (
+            not m.training
+            or not isinstance(x, torch.Tensor)
+            or x.device.type != "cpu"
+            or x.dtype != torch.float32
+            or x.dim() < 2
+            or not x.is_contiguous()  # channels-last: the kernel's own vectorised reduction is as fast
+            or torch.is_grad_enabled()
+        ):
+            return
+        n = x.numel() // x.shape[1]
+        if n <= 1:  # the kernel raises its own error
+            return
+        dims = [0, *range(2, x.dim())]
+        mean = x.sum(dims).div_(n)
+        centred = x - mean.view(1, -1, *([1] * (x.dim() - 2)))
+        var_sum = centred.mul_(centred).sum(dims)
+        f = 1.0 / float(m.num_batches_tracked + 1) if m.momentum is None else float(m.momentum)
+        running_mean = mean * f + m.running_mean * (1.0 - f)
+        running_var = var_sum / (n - 1) * f + m.running_var * (1.0 - f)
+        self._pending[m] = (running_mean, running_var)
+        m.running_mean.copy_(mean)
+        m.running_var.copy_(var_sum.div_(n))  # biased, as training-mode normalisation uses
+        m.training = False
+
+    def _after(self, m: nn.Module, args: tuple[Any, ...], out: Any) -> None:
+        pending = self._pending.pop(m, None)
+        if pending is None:
+            return
+        m.running_mean.copy_(pending[0])
+        m.running_var.copy_(pending[1])
+        m.num_batches_tracked += 1
+        m.training = True
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+
 @contextlib.contextmanager
 def _calibrating(
     model: nn.Module, quantizers: Sequence[ActivationQuantizer], bn: bool = True
@@ -178,6 +249,7 @@ def _calibrating(
         m.train()
     for q in quantizers:
         q.calibrating = q.running = True
+    statistics = _BatchStatistics(bns)
 
     def after_batch() -> None:
         # Ranges come from the first batch (a unit that has seen only zeros keeps looking) and are
@@ -189,6 +261,7 @@ def _calibrating(
     try:
         yield after_batch
     finally:
+        statistics.remove()
         for q in quantizers:
             q.calibrating = q.running = False
         for m, mom in zip(bns, saved):

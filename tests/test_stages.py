@@ -97,6 +97,77 @@ def test_bn_recalibration_sets_running_stats_to_the_calibration_batch_statistics
     assert torch.all(off.bn1.running_mean == 5.0) and torch.all(off.bn2.running_var == 9.0)
 
 
+class _KernelModeBN(nn.BatchNorm2d):
+    """A BatchNorm2d recording whether each call ran PyTorch's training-mode kernel."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__(c)
+        self.kernel_modes: list[bool] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.kernel_modes.append(self.training)
+        return super().forward(x)
+
+
+@pytest.mark.parametrize(
+    "make, shape",
+    [
+        (lambda: nn.BatchNorm2d(5), (16, 5, 6, 7)),
+        (lambda: nn.BatchNorm2d(5, affine=False), (16, 5, 6, 7)),
+        (lambda: nn.BatchNorm1d(5), (16, 5)),
+        (lambda: nn.BatchNorm1d(5), (16, 5, 9)),
+        (lambda: nn.BatchNorm3d(5), (4, 5, 3, 4, 5)),
+    ],
+)
+def test_calibration_batch_statistics_agree_with_the_training_kernel(make, shape) -> None:
+    from amc.compress import _calibrating
+
+    torch.manual_seed(0)
+    batches = [torch.randn(shape) * (2.0 + i) + 0.5 * i for i in range(3)]
+    ours, kernel = make(), make()
+    if ours.affine:
+        with torch.no_grad():
+            ours.weight.uniform_(0.5, 1.5)
+            ours.bias.uniform_(-1.0, 1.0)
+    kernel.load_state_dict(ours.state_dict())
+    kernel.reset_running_stats()
+    kernel.momentum = None
+    kernel.train()
+    with torch.no_grad(), _calibrating(ours, ()):
+        for x in batches:
+            torch.testing.assert_close(ours(x), kernel(x), rtol=1e-5, atol=1e-5)  # normalised by the batch's statistics
+            # between batches the layer holds what the kernel leaves: cumulative mean, unbiased variance
+            torch.testing.assert_close(ours.running_mean, kernel.running_mean, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(ours.running_var, kernel.running_var, rtol=1e-5, atol=1e-6)
+            assert ours.training and ours.num_batches_tracked == kernel.num_batches_tracked
+    assert not ours.training and ours.momentum == 0.1
+    assert not ours._forward_pre_hooks and not ours._forward_hooks  # removed on exit
+    with torch.no_grad():  # and it now normalises by those statistics
+        torch.testing.assert_close(ours(batches[0]), kernel.eval()(batches[0]), rtol=1e-5, atol=1e-5)
+
+
+def test_calibration_skips_the_training_kernel_only_where_its_statistics_are_equivalent() -> None:
+    from amc.compress import _calibrating
+
+    x = torch.randn(8, 3, 4, 4)
+    bn = _KernelModeBN(3)
+    with torch.no_grad(), _calibrating(bn, ()):
+        bn(x)
+    assert bn.kernel_modes == [False]  # float32 on CPU without gradients: eval kernel on the batch statistics
+    bn.kernel_modes.clear()
+    with torch.enable_grad(), _calibrating(bn, ()):  # a backward pass needs the statistics in the graph
+        bn(x.requires_grad_())
+    with torch.no_grad(), _calibrating(bn, ()):
+        with pytest.raises(ValueError, match="more than 1 value per channel"):
+            bn(torch.randn(1, 3, 1, 1))  # the kernel's own error
+        bn(x.contiguous(memory_format=torch.channels_last))  # the kernel reduces NHWC fast itself
+    assert bn.kernel_modes == [True, True, True]
+    wide = _KernelModeBN(3).double()
+    with torch.no_grad(), _calibrating(wide, ()):
+        wide(x.double())  # other dtypes
+    assert wide.kernel_modes == [True]
+
+
 def test_selection_keeps_the_highest_l1_filters_and_prunes_the_rest() -> None:
     model, calib = _model(), _batches()
     graph = build_graph(model, SHAPE)
