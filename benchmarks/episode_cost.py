@@ -8,8 +8,9 @@ Four parts, each measured in one run (timings on shared machines swing; compare 
     python benchmarks/episode_cost.py autoq --peer-python PATH   # quantize episodes against NNCF's AutoQ
 
 ``phases`` runs episodes of seeded random actions through the budget wall (50% MACs in prune mode, 50%
-BitOps in quantize and joint mode) for each model, mode and search-split size, and times, for the last
-episode's policy, one forward pass of the compressed model over the same split. Models: fmnist_cnn and
+BitOps in quantize and joint mode) for each model, mode and search-split size, and times, for each
+episode's policy, one forward pass of its compressed model over the same split (the ratio divides the
+mean episode by the mean forward pass). Models: fmnist_cnn and
 ResNet-20 on Fashion-MNIST (1x28x28), and ResNet-20 on 3x32x32 images (CIFAR-10's format, written with
 random pixels to a temporary folder: the cost does not depend on the pixels). Models are untrained (the
 cost does not depend on the weights either), so no baseline is needed. The evaluation cache is off. Each
@@ -106,10 +107,15 @@ def bench_env(workload: str, split: int, mode: str, tmp: Path, **options: object
 
 
 def bench(env: CompressionEnv, episodes: int) -> dict[str, float]:
-    """Seconds per phase, per episode and of one forward pass, over ``episodes`` seeded random episodes of ``env``."""
+    """Seconds per phase, per episode and of one forward pass, over ``episodes`` seeded random episodes of ``env``.
+
+    ``forward`` is one evaluation pass over the search split of each episode's compressed model (BN
+    statistics and ranges already measured), averaged over the episodes.
+    """
     rng = np.random.default_rng(0)
     phases: dict[str, float] = {}
     total = 0.0
+    policies = []
     for i in range(episodes + 1):  # the first episode warms up allocators and kernels
         t0 = time.perf_counter()
         env.reset()
@@ -119,15 +125,21 @@ def bench(env: CompressionEnv, episodes: int) -> dict[str, float]:
         if i == 0:
             continue
         total += time.perf_counter() - t0
+        policies.append(env.policy())
         for k, v in info["timing"].items():
             phases[k] = phases.get(k, 0.0) + v
-    compressed = env.compressor.apply(env.policy())
+    # Each episode against a forward pass of its own compressed model: policies differ in MACs, so one
+    # policy's forward would bias the ratio by how far it sits from the episodes' mean.
     batches = tensor_batches(env.search_x, env.search_y, env.eval_batch_size)
-    accuracy(compressed, batches)  # warm-up
-    t0 = time.perf_counter()
-    for _ in range(3):
-        accuracy(compressed, batches)
-    forward = (time.perf_counter() - t0) / 3
+    forward = 0.0
+    for policy in policies:
+        compressed = env.compressor.apply(policy)
+        accuracy(compressed, batches)  # warm-up
+        t0 = time.perf_counter()
+        for _ in range(2):
+            accuracy(compressed, batches)
+        forward += (time.perf_counter() - t0) / 2
+    forward /= len(policies)
     per_ep = total / episodes
     row = {k: v / episodes for k, v in phases.items()}
     row["other"] = per_ep - sum(row.values())
