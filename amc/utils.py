@@ -142,7 +142,9 @@ class HeapTrimmer:
         """Trim when resident memory is above ``reference * (1 + slack)``; ``True`` when it trimmed."""
         rss = resident_bytes()
         if rss is None or self.slack == 0:
-            return release_freed_memory()
+            trimmed = release_freed_memory()
+            self.trims += trimmed
+            return trimmed
         if self.reference is None:
             self.reference = rss
             return False

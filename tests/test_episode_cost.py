@@ -103,6 +103,8 @@ def test_the_heap_is_trimmed_only_once_resident_memory_grew_past_the_slack() -> 
     assert trimmer() is False, "right after a trim nothing is to be trimmed"
     with pytest.raises(ValueError, match="slack"):
         HeapTrimmer(slack=-1)
+    always = HeapTrimmer(slack=0)  # trims every time, and counts them too
+    assert always() is True and always() is True and always.trims == 2
     assert len(keep) == 20
 
 
