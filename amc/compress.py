@@ -466,10 +466,11 @@ class Compressor:
                 for the same policy whatever ``env.memory_format`` the search ran in.
         """
         nhwc = self.channels_last if channels_last is None else channels_last
-        calibration = self.calibration
+        calibration, finetune = self.calibration, self.finetune_batches
         if nhwc != self.channels_last:  # the batches in the model's order, so the arithmetic is that order's
             order = torch.channels_last if nhwc else torch.contiguous_format
             calibration = [x.contiguous(memory_format=order) if x.dim() == 4 else x for x in calibration]
+            finetune = [(x.contiguous(memory_format=order) if x.dim() == 4 else x, y) for x, y in finetune]
         timing = timing if timing is not None else {}
         t = time.perf_counter()
         model = copy.deepcopy(self.model)
@@ -487,12 +488,12 @@ class Compressor:
             quantize_model(model, names, policy.w_bits, policy.a_bits, None, self.symmetric)
             quantizers = [q for q in activation_quantizers(model).values() if q.calibrating]
             # Ranges are measured in the BatchNorm pass below when there is one and nothing runs in between.
-            if quantizers and (self.finetune_batches or (calibrate and not self.bn_recalibration)):
+            if quantizers and (finetune or (calibrate and not self.bn_recalibration)):
                 calibrate_ranges(model, quantizers, calibration, running=True)
                 quantizers = []
         t = _lap(timing, "quantization", t)
-        if self.finetune_batches:
-            self._short_finetune(model, policy)
+        if finetune:
+            self._short_finetune(model, policy, finetune)
         t = _lap(timing, "finetune", t)
         if not calibrate:
             model.eval()
@@ -503,7 +504,7 @@ class Compressor:
         model.eval()
         return model
 
-    def _short_finetune(self, model: nn.Module, policy: Policy) -> None:
+    def _short_finetune(self, model: nn.Module, policy: Policy, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         opt = torch.optim.SGD(model.parameters(), lr=self.finetune_lr, momentum=0.9)
         model.train()
         # Dropout draws from torch's generator: seed it here (and leave the caller's untouched), so a policy
@@ -512,7 +513,7 @@ class Compressor:
         cuda = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
         with torch.random.fork_rng(devices=cuda), torch.enable_grad():
             torch.manual_seed(self.seed)
-            for x, y in self.finetune_batches:
+            for x, y in batches:
                 loss = nn.functional.cross_entropy(model(x), y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

@@ -239,6 +239,19 @@ def test_channels_last_models_score_what_contiguous_ones_do(
     deploy = envs[1].compressor.apply(policies[0], channels_last=False)
     assert deploy.stem[0].weight.is_contiguous()
     assert torch.equal(deploy(x).detach(), envs[0].compressor.apply(policies[0])(x).detach())
+    if calibration_set == "train":  # with HAQ's per-episode fine-tune too: its batches follow the model's order
+        tuned = []
+        for nhwc in (False, True):
+            order = torch.channels_last if nhwc else torch.contiguous_format
+            comp = Compressor(
+                model,
+                graph,
+                calibration=[c.contiguous(memory_format=order) for c in calib],
+                finetune_batches=[(x[:32].contiguous(memory_format=order), y[:32])],
+                channels_last=nhwc,
+            )
+            tuned.append(comp.apply(policies[0], channels_last=False)(x).detach())
+        assert torch.equal(tuned[0], tuned[1])
     # Quantized: a value on a rounding boundary may land on the other level, so a few argmax flips at most.
     for p in policies:
         scores = [e.evaluate(p)["accuracy"] for e in envs]
