@@ -504,7 +504,9 @@ class Compressor:
         model.eval()
         return model
 
-    def _short_finetune(self, model: nn.Module, policy: Policy, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    def _short_finetune(
+        self, model: nn.Module, policy: Policy, batches: list[tuple[torch.Tensor, torch.Tensor]]
+    ) -> None:
         opt = torch.optim.SGD(model.parameters(), lr=self.finetune_lr, momentum=0.9)
         model.train()
         # Dropout draws from torch's generator: seed it here (and leave the caller's untouched), so a policy
