@@ -211,19 +211,22 @@ def test_channels_last_models_score_what_contiguous_ones_do(
     gen = torch.Generator().manual_seed(1)
     calib = [torch.randn(32, 3, 16, 16, generator=gen)]
     x, y = torch.randn(96, 3, 16, 16, generator=gen), torch.randint(0, 10, (96,), generator=gen)
-    envs = []
-    for nhwc in (False, True):
-        order = torch.channels_last if nhwc else torch.contiguous_format
-        comp = Compressor(
-            model,
-            graph,
-            calibration=[c.contiguous(memory_format=order) for c in calib],
-            calibration_set=calibration_set,
-            channels_last=nhwc,
+
+    def ordered(t: torch.Tensor, nhwc: bool) -> torch.Tensor:
+        return t.contiguous(memory_format=torch.channels_last if nhwc else torch.contiguous_format)
+
+    def compressor(nhwc: bool, **options: object) -> Compressor:  # its batches in the model's order, as make_env
+        return Compressor(model, graph, calibration=[ordered(c, nhwc) for c in calib], channels_last=nhwc, **options)
+
+    envs = [
+        CompressionEnv(
+            compressor(nhwc, calibration_set=calibration_set),
+            (ordered(x, nhwc), y),
+            budgets={"bitops": 0.4},
+            eval_batch_size=32,
         )
-        envs.append(
-            CompressionEnv(comp, (x.contiguous(memory_format=order), y), budgets={"bitops": 0.4}, eval_batch_size=32)
-        )
+        for nhwc in (False, True)
+    ]
     small_batch = "calibrates every model on one evaluation batch: 32 images here" in caplog.text
     assert small_batch == (calibration_set == "search"), "a search calibration batch under 128 images is not warned"
     policies = _random_policies(envs[0], 4)
@@ -240,18 +243,11 @@ def test_channels_last_models_score_what_contiguous_ones_do(
     assert deploy.stem[0].weight.is_contiguous()
     assert torch.equal(deploy(x).detach(), envs[0].compressor.apply(policies[0])(x).detach())
     if calibration_set == "train":  # with HAQ's per-episode fine-tune too: its batches follow the model's order
-        tuned = []
-        for nhwc in (False, True):
-            order = torch.channels_last if nhwc else torch.contiguous_format
-            comp = Compressor(
-                model,
-                graph,
-                calibration=[c.contiguous(memory_format=order) for c in calib],
-                finetune_batches=[(x[:32].contiguous(memory_format=order), y[:32])],
-                channels_last=nhwc,
-            )
-            tuned.append(comp.apply(policies[0], channels_last=False)(x).detach())
-        assert torch.equal(tuned[0], tuned[1])
+        tuned = [
+            compressor(nhwc, finetune_batches=[(ordered(x[:32], nhwc), y[:32])]).apply(policies[0], channels_last=False)
+            for nhwc in (False, True)
+        ]
+        assert torch.equal(tuned[0](x).detach(), tuned[1](x).detach())
     # Quantized: a value on a rounding boundary may land on the other level, so a few argmax flips at most.
     for p in policies:
         scores = [e.evaluate(p)["accuracy"] for e in envs]
