@@ -274,7 +274,8 @@ def recalibrate_bn(
 ) -> None:
     """Re-estimate BatchNorm running statistics on ``batches`` (adaptive BN, EagleEye, Li et al. 2020).
 
-    Only the BatchNorm layers run in train mode; dropout and the rest stay in eval mode. Activation
+    Only the BatchNorm layers run in train mode (on CPU with their batch statistics reduced by
+    :class:`_BatchStatistics`); dropout and the rest stay in eval mode. Activation
     ``quantizers`` given here are calibrated in the same pass (``amc.quantize``'s running calibration):
     each unit's range is measured on the first batch, on what the re-normalising BatchNorm layers and
     the quantized units before it produce, then frozen, so every batch's statistics are measured with
