@@ -1,11 +1,17 @@
 """What one search episode costs: per phase, against one forward pass, over workers, and in memory.
 
-Four parts, each measured in one run (timings on shared machines swing; compare the ratios):
+Five parts, each measured in one run (timings on shared machines swing; compare the ratios):
 
     python benchmarks/episode_cost.py phases            # seconds per phase, episode / forward ratio
     python benchmarks/episode_cost.py workers           # episodes per second with agent.n_envs = 1, 2, 4
     python benchmarks/episode_cost.py memory            # peak RSS of a 400-episode prune search
     python benchmarks/episode_cost.py autoq --peer-python PATH   # quantize episodes against NNCF's AutoQ
+    python benchmarks/episode_cost.py agent             # a DDPG episode: the environment's and the agent's share
+
+``phases``, ``workers`` and ``agent`` take ``--device`` (``cpu``, ``cuda``, ``cuda:N``, ``auto``) for the
+evaluation, ``agent`` also ``--agent-device`` for DDPG's networks and replay buffer (issue #16's GPU part:
+``phases --device cuda --models resnet20``, ``workers --device cuda --n-envs 1,4`` and ``agent --device
+cuda``, ResNet-20 joint on the 5,000-image split for 120 episodes by default).
 
 ``phases`` runs episodes of seeded random actions through the budget wall (50% MACs in prune mode, 50%
 BitOps in quantize and joint mode) for each model, mode and search-split size, and times, for each
@@ -23,6 +29,10 @@ and DDPG (random warm-up, then learning) with ``agent.n_envs`` = 1, 2, 4 on fmni
 BitOps, evaluation cache off so every episode is measured) and prints episodes per second and the ratio
 to one worker, with the machine's load average before and after. The workers' start (once per search)
 is timed apart from the episodes.
+
+``agent`` runs a DDPG search (``--warmup`` random episodes, then learning; no demonstrations) and times
+the environment's calls (``reset``, ``step``, ``evaluate``: compressing and evaluating) apart from the
+rest of each episode: SB3's gradient steps and predictions, noise, replay, callbacks.
 
 ``memory`` runs ``python -m amc.train`` (DDPG, prune mode, fmnist_cnn, the cached baseline) as a
 subprocess for 400 episodes and reads its resident memory from ``/proc``: the peak after 20 episodes
@@ -150,7 +160,8 @@ def bench(env: CompressionEnv, episodes: int) -> dict[str, float]:
 def phases(args: argparse.Namespace) -> None:
     cols = [*PHASES, "wall_and_features", "other"]
     print(
-        f"episodes={args.episodes} threads={torch.get_num_threads()} calibration={args.calibration_batches}x128 "
+        f"episodes={args.episodes} device={args.device} threads={torch.get_num_threads()} "
+        f"calibration={args.calibration_batches}x128 "
         f"reconstruction={'on' if args.reconstruction else 'off'} memory_format={args.memory_format} "
         f"load={os.getloadavg()[0]:.2f}"
     )
@@ -170,6 +181,7 @@ def phases(args: argparse.Namespace) -> None:
                             reconstruction=args.reconstruction,
                             calibration_set=cset,
                             memory_format=args.memory_format,
+                            device=args.device,
                         )
                         r = bench(env, args.episodes)
                         print(
@@ -184,7 +196,7 @@ def search_rate(agent_name: str, n: int, args: argparse.Namespace) -> tuple[floa
     """(episodes per second, seconds to start the workers) of one search with ``n_envs=n``."""
     from amc.agents import DDPGAgent, RandomSearch
 
-    env = bench_env("fmnist_cnn", args.split, "joint", Path(tempfile.gettempdir()))  # no files written for it
+    env = bench_env("fmnist_cnn", args.split, "joint", Path(tempfile.gettempdir()), device=args.device)  # no files
     if agent_name == "random":
         agent = RandomSearch(seed=0, n_envs=n)
     else:
@@ -200,8 +212,9 @@ def search_rate(agent_name: str, n: int, args: argparse.Namespace) -> tuple[floa
 
 def workers(args: argparse.Namespace) -> None:
     print(
-        f"episodes={args.episodes} split={args.split} threads per worker={torch.get_num_threads()} "
-        f"cpus={os.cpu_count()} load before={' '.join(f'{v:.2f}' for v in os.getloadavg())}"
+        f"episodes={args.episodes} split={args.split} device={args.device} "
+        f"threads per worker={torch.get_num_threads()} cpus={os.cpu_count()} "
+        f"load before={' '.join(f'{v:.2f}' for v in os.getloadavg())}"
     )
     print(f"{'agent':<8}{'n_envs':>7}{'episodes/s':>12}{'ratio':>7}{'start s':>9}")
     for agent_name in args.agents:
@@ -211,6 +224,50 @@ def workers(args: argparse.Namespace) -> None:
             base = rate if base is None else base
             print(f"{agent_name:<8}{n:>7}{rate:>12.3f}{rate / base:>7.2f}{started:>9.2f}", flush=True)
     print(f"load after={' '.join(f'{v:.2f}' for v in os.getloadavg())}")
+
+
+class _EnvClock:
+    """Seconds inside an environment's ``reset``, ``step``, ``evaluate`` and ``evaluate_many`` (outermost calls)."""
+
+    def __init__(self, env: CompressionEnv) -> None:
+        self.seconds, self._depth = 0.0, 0
+        for name in ("reset", "step", "evaluate", "evaluate_many"):
+            setattr(env, name, self._timed(getattr(env, name)))
+
+    def _timed(self, method):  # noqa: ANN001, ANN202
+        def call(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+            self._depth += 1
+            t0 = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                self._depth -= 1
+                if self._depth == 0:
+                    self.seconds += time.perf_counter() - t0
+
+        return call
+
+
+def agent_share(args: argparse.Namespace) -> None:
+    """Seconds per episode of a DDPG search, split into the environment's and the rest (agent, callbacks)."""
+    from amc.agents import DDPGAgent
+
+    with tempfile.TemporaryDirectory() as tmp:
+        env = bench_env(args.model, args.split, args.mode, Path(tmp), device=args.device)
+        clock = _EnvClock(env)
+        agent = DDPGAgent(warmup=args.warmup / args.episodes, exploit=0, seed=0, device=args.agent_device)
+        t0 = time.perf_counter()
+        agent.search(env, args.episodes)
+        total = time.perf_counter() - t0
+    per, env_s = total / args.episodes, clock.seconds / args.episodes
+    print(
+        f"workload: {args.model} {args.mode}, split {args.split}, {args.episodes} episodes ({args.warmup} random), "
+        f"{len(env.graph.units)} steps each, env on {args.device}, agent on {args.agent_device}, "
+        f"{torch.get_num_threads()} thread(s), load {os.getloadavg()[0]:.2f}"
+    )
+    print(f"{'s per episode':<34}{per:>9.4f}")
+    print(f"{'  environment (compress, evaluate)':<34}{env_s:>9.4f}")
+    print(f"{'  agent and callbacks':<34}{per - env_s:>9.4f}  ({(per - env_s) / per:.0%} of the episode)")
 
 
 def _status_kib(pid: int, key: str) -> int:
@@ -346,6 +403,17 @@ def listed(choices: tuple[str, ...] | None = None, kind: type = str):  # noqa: A
 MODELS = ("fmnist_cnn", "resnet20", "resnet20@32")
 
 
+def device_name(text: str) -> str:
+    """An argparse type: a device this machine has (``auto``: CUDA when there is one)."""
+    from amc.errors import AmcError
+    from amc.utils import resolve_device
+
+    try:
+        return str(resolve_device(text))
+    except AmcError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="part", required=True)
@@ -366,12 +434,23 @@ def main() -> None:
         help="env.calibration_set values to time (train, search)",
     )
     p.add_argument("--memory-format", default="contiguous", choices=("contiguous", "channels_last", "auto"))
+    p.add_argument("--device", type=device_name, default="cpu", help="evaluation device: cpu, cuda, cuda:N, auto")
     w = sub.add_parser("workers", help="episodes per second with agent.n_envs workers, and the ratio to one")
     w.add_argument("--episodes", type=int, default=48, help="per search (a multiple of every n_envs)")
     w.add_argument("--split", type=int, default=5000, help="search-split images")
     w.add_argument("--agents", type=listed(("random", "ddpg")), default="random,ddpg")
     w.add_argument("--n-envs", type=listed(kind=int), default="1,2,4")
     w.add_argument("--threads", type=int, default=1, help="torch threads of each worker (and of the main process)")
+    w.add_argument("--device", type=device_name, default="cpu", help="every worker's evaluation device")
+    g = sub.add_parser("agent", help="seconds per DDPG episode: the environment's and the agent's (with callbacks)")
+    g.add_argument("--model", type=listed(MODELS), default="resnet20", help="one of " + ", ".join(MODELS))
+    g.add_argument("--mode", choices=("prune", "quantize", "joint"), default="joint")
+    g.add_argument("--split", type=int, default=5000, help="search-split images")
+    g.add_argument("--episodes", type=int, default=120)
+    g.add_argument("--warmup", type=int, default=10, help="random episodes before learning")
+    g.add_argument("--device", type=device_name, default="cpu", help="the environment's evaluation device")
+    g.add_argument("--agent-device", type=device_name, default="cpu", help="the agent's networks and replay buffer")
+    g.add_argument("--threads", type=int, default=1)
     m = sub.add_parser("memory", help="peak RSS of a prune search after --early episodes and at the end")
     m.add_argument("--episodes", type=int, default=400)
     m.add_argument("--early", type=int, default=20)
@@ -382,8 +461,10 @@ def main() -> None:
     a.add_argument("--episodes", type=int, default=16)
     a.add_argument("--split", type=int, default=512)
     args = parser.parse_args()
+    if args.part == "agent":
+        args.model = args.model[0] if len(args.model) == 1 else parser.error("agent: --model takes one model")
     torch.set_num_threads(getattr(args, "threads", 1))
-    {"phases": phases, "workers": workers, "memory": memory, "autoq": autoq}[args.part](args)
+    {"phases": phases, "workers": workers, "memory": memory, "autoq": autoq, "agent": agent_share}[args.part](args)
 
 
 if __name__ == "__main__":

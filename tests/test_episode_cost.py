@@ -270,6 +270,14 @@ def test_random_policies_are_legal_and_repeat_for_a_seed() -> None:
         (["--modes", "prune, foo"], "argument --modes: foo not among prune, quantize, joint"),
         (["--memory-format", "nhwc"], "argument --memory-format: invalid choice: 'nhwc'"),
         (["--splits", "512,x"], "argument --splits: '512,x' is not a comma-separated list of int"),
+        (["--device", "tpu"], "argument --device: unknown device 'tpu'; use auto, cpu, cuda or cuda:N"),
+        *(
+            []
+            if torch.cuda.is_available()
+            else [(["--device", "cuda"], "argument --device: device=cuda asked for but no CUDA GPU is visible")]
+        ),
+        (["agent", "--model", "resnet20,fmnist_cnn"], "agent: --model takes one model"),
+        (["agent", "--mode", "both"], "argument --mode: invalid choice: 'both'"),
     ],
 )
 def test_bad_benchmark_options_are_one_line_before_any_measurement(args: list[str], message: str) -> None:
@@ -277,11 +285,31 @@ def test_bad_benchmark_options_are_one_line_before_any_measurement(args: list[st
     import sys
 
     repo = Path(__file__).resolve().parents[1]
+    part = [] if args[0] == "agent" else ["phases"]
     res = subprocess.run(
-        [sys.executable, "benchmarks/episode_cost.py", "phases", *args], cwd=repo, capture_output=True, text=True
+        [sys.executable, "benchmarks/episode_cost.py", *part, *args], cwd=repo, capture_output=True, text=True
     )
     assert res.returncode == 2 and "Traceback" not in res.stderr and not res.stdout
     assert message in res.stderr.strip().splitlines()[-1], res.stderr
+
+
+def test_the_agent_part_splits_a_ddpg_episode_into_environment_and_agent_seconds() -> None:
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[1]
+    res = subprocess.run(
+        [sys.executable, "benchmarks/episode_cost.py", "agent", "--model", "fmnist_cnn", "--split", "256"]
+        + ["--episodes", "6", "--warmup", "2"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 0, res.stderr
+    lines = res.stdout.splitlines()
+    assert lines[0].startswith("workload: fmnist_cnn joint, split 256, 6 episodes (2 random), 7 steps each")
+    total, env, agent = (float(line.split()[-1 if i < 2 else -5]) for i, line in enumerate(lines[1:4]))
+    assert 0 < env < total and agent == pytest.approx(total - env, abs=1e-3)
 
 
 def test_episode_records_say_which_accuracies_came_from_the_cache() -> None:
