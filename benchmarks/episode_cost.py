@@ -23,6 +23,8 @@ cost does not depend on the weights either), so no baseline is needed. The evalu
 row is timed with each ``env.calibration_set`` (``--calibration-sets``): ``train`` re-measures BN
 statistics and activation ranges on the calibration batches in a pass of their own (``calibration``),
 ``search`` on one batch of the search split inside the evaluation (its seconds are in ``evaluation``).
+``wall+feature`` is the budget wall and observation features over the episode's steps, ``other`` the
+rest of the episode (the environment's bookkeeping, the random actions).
 
 ``workers`` runs the uniform-random baseline search (the same episodes a search runs, without a learner)
 and DDPG (random warm-up, then learning) with ``agent.n_envs`` = 1, 2, 4 on fmnist_cnn (joint mode, 50%
@@ -165,7 +167,8 @@ def phases(args: argparse.Namespace) -> None:
         f"reconstruction={'on' if args.reconstruction else 'off'} memory_format={args.memory_format} "
         f"load={os.getloadavg()[0]:.2f}"
     )
-    head = f"{'model':<14}{'mode':<9}{'split':>6}{'calib. set':>11}" + "".join(f"{c[:12]:>13}" for c in cols)
+    label = {"reconstruction": "reconstruct", "wall_and_features": "wall+feature"}  # 12 characters at most
+    head = f"{'model':<14}{'mode':<9}{'split':>6}{'calib. set':>11}" + "".join(f"{label.get(c, c):>13}" for c in cols)
     print(head + f"{'episode s':>10}{'forward s':>10}{'ratio':>7}")
     with tempfile.TemporaryDirectory() as tmp:
         for workload in args.models:
@@ -381,8 +384,9 @@ def autoq(args: argparse.Namespace) -> None:
     )
 
 
-def listed(choices: tuple[str, ...] | None = None, kind: type = str):  # noqa: ANN201
-    """An argparse type: a comma-separated list (spaces ignored), each item of ``kind`` and among ``choices``."""
+def listed(choices: tuple[str, ...] | None = None, kind: type = str, low: int | None = None):  # noqa: ANN201
+    """An argparse type: a comma-separated list (spaces ignored), each item of ``kind``, among ``choices``
+    and (numbers) at least ``low``."""
 
     def parse(text: str) -> list:
         items = [t.strip() for t in text.split(",") if t.strip()]
@@ -395,12 +399,30 @@ def listed(choices: tuple[str, ...] | None = None, kind: type = str):  # noqa: A
         bad = [t for t in items if choices is not None and t not in choices]
         if bad:
             raise argparse.ArgumentTypeError(f"{', '.join(bad)} not among {', '.join(choices)}")
+        small = [str(v) for v in values if low is not None and v < low]
+        if small:
+            raise argparse.ArgumentTypeError(f"{', '.join(small)} must be >= {low}")
         return values
 
     return parse
 
 
 MODELS = ("fmnist_cnn", "resnet20", "resnet20@32")
+
+
+def at_least(low: int):  # noqa: ANN201
+    """An argparse type: an integer >= ``low``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} must be >= {low}")
+        return value
+
+    return parse
 
 
 def device_name(text: str) -> str:
@@ -417,15 +439,18 @@ def device_name(text: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="part", required=True)
-    p = sub.add_parser("phases", help="seconds per phase and the episode / forward ratio")
-    p.add_argument("--episodes", type=int, default=5)
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    p = sub.add_parser("phases", help="seconds per phase and the episode / forward ratio", formatter_class=fmt)
+    p.add_argument("--episodes", type=at_least(1), default=5, help="timed episodes per row (after one warm-up)")
     p.add_argument(
         "--models", type=listed(MODELS), default="fmnist_cnn,resnet20,resnet20@32", help="name[@32 for 3x32x32 images]"
     )
-    p.add_argument("--splits", type=listed(kind=int), default="512,5000")
-    p.add_argument("--modes", type=listed(("prune", "quantize", "joint")), default="prune,quantize,joint")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--calibration-batches", type=int, default=4, help="env.calibration_batches (of 128 images)")
+    p.add_argument("--splits", type=listed(kind=int, low=1), default="512,5000", help="search-split sizes")
+    p.add_argument(
+        "--modes", type=listed(("prune", "quantize", "joint")), default="prune,quantize,joint", help="env modes"
+    )
+    p.add_argument("--threads", type=at_least(1), default=1, help="torch threads")
+    p.add_argument("--calibration-batches", type=at_least(1), default=4, help="env.calibration_batches (of 128 images)")
     p.add_argument("--reconstruction", action="store_true", help="AMC's least-squares reconstruction on")
     p.add_argument(
         "--calibration-sets",
@@ -433,36 +458,55 @@ def main() -> None:
         default="train,search",
         help="env.calibration_set values to time (train, search)",
     )
-    p.add_argument("--memory-format", default="contiguous", choices=("contiguous", "channels_last", "auto"))
+    p.add_argument(
+        "--memory-format",
+        default="contiguous",
+        choices=("contiguous", "channels_last", "auto"),
+        help="env.memory_format",
+    )
     p.add_argument("--device", type=device_name, default="cpu", help="evaluation device: cpu, cuda, cuda:N, auto")
-    w = sub.add_parser("workers", help="episodes per second with agent.n_envs workers, and the ratio to one")
-    w.add_argument("--episodes", type=int, default=48, help="per search (a multiple of every n_envs)")
-    w.add_argument("--split", type=int, default=5000, help="search-split images")
-    w.add_argument("--agents", type=listed(("random", "ddpg")), default="random,ddpg")
-    w.add_argument("--n-envs", type=listed(kind=int), default="1,2,4")
-    w.add_argument("--threads", type=int, default=1, help="torch threads of each worker (and of the main process)")
+    w = sub.add_parser(
+        "workers", help="episodes per second with agent.n_envs workers, and the ratio to the first", formatter_class=fmt
+    )
+    w.add_argument("--episodes", type=at_least(1), default=48, help="per search (a multiple of every n_envs)")
+    w.add_argument("--split", type=at_least(1), default=5000, help="search-split images")
+    w.add_argument("--agents", type=listed(("random", "ddpg")), default="random,ddpg", help="searches to time")
+    w.add_argument("--n-envs", type=listed(kind=int, low=1), default="1,2,4", help="the ratio is to the first")
+    w.add_argument(
+        "--threads", type=at_least(1), default=1, help="torch threads of each worker (and of the main process)"
+    )
     w.add_argument("--device", type=device_name, default="cpu", help="every worker's evaluation device")
-    g = sub.add_parser("agent", help="seconds per DDPG episode: the environment's and the agent's (with callbacks)")
+    g = sub.add_parser("agent", help="seconds per DDPG episode: the environment's and the agent's", formatter_class=fmt)
     g.add_argument("--model", type=listed(MODELS), default="resnet20", help="one of " + ", ".join(MODELS))
-    g.add_argument("--mode", choices=("prune", "quantize", "joint"), default="joint")
-    g.add_argument("--split", type=int, default=5000, help="search-split images")
-    g.add_argument("--episodes", type=int, default=120)
-    g.add_argument("--warmup", type=int, default=10, help="random episodes before learning")
+    g.add_argument("--mode", choices=("prune", "quantize", "joint"), default="joint", help="env mode")
+    g.add_argument("--split", type=at_least(1), default=5000, help="search-split images")
+    g.add_argument("--episodes", type=at_least(2), default=120, help="episodes of the search")
+    g.add_argument("--warmup", type=at_least(0), default=10, help="random episodes before learning (< --episodes)")
     g.add_argument("--device", type=device_name, default="cpu", help="the environment's evaluation device")
     g.add_argument("--agent-device", type=device_name, default="cpu", help="the agent's networks and replay buffer")
-    g.add_argument("--threads", type=int, default=1)
-    m = sub.add_parser("memory", help="peak RSS of a prune search after --early episodes and at the end")
-    m.add_argument("--episodes", type=int, default=400)
-    m.add_argument("--early", type=int, default=20)
-    m.add_argument("--model", default="fmnist_cnn")
+    g.add_argument("--threads", type=at_least(1), default=1, help="torch threads")
+    m = sub.add_parser(
+        "memory", help="peak RSS of a prune search after --early episodes and at the end", formatter_class=fmt
+    )
+    m.add_argument("--episodes", type=at_least(2), default=400, help="episodes of the search")
+    m.add_argument("--early", type=at_least(1), default=20, help="< --episodes")
+    m.add_argument("--model", default="fmnist_cnn", help="model= of amc.train")
     m.add_argument("overrides", nargs="*", help="more amc.train overrides (e.g. agent=random)")
-    a = sub.add_parser("autoq", help="quantize episodes against NNCF's AutoQ on ResNet-20 (3x32x32)")
+    a = sub.add_parser(
+        "autoq", help="quantize episodes against NNCF's AutoQ on ResNet-20 (3x32x32)", formatter_class=fmt
+    )
     a.add_argument("--peer-python", default=sys.executable, help="a Python with nncf installed")
-    a.add_argument("--episodes", type=int, default=16)
-    a.add_argument("--split", type=int, default=512)
+    a.add_argument("--episodes", type=at_least(5), default=16, help="4 of them warm-up")
+    a.add_argument("--split", type=at_least(1), default=512, help="search-split images")
     args = parser.parse_args()
     if args.part == "agent":
         args.model = args.model[0] if len(args.model) == 1 else parser.error("agent: --model takes one model")
+        if args.warmup >= args.episodes:
+            parser.error(f"agent: --warmup {args.warmup} leaves no learning episode of --episodes {args.episodes}")
+    if args.part == "memory" and args.early >= args.episodes:
+        parser.error(f"memory: --early {args.early} must be below --episodes {args.episodes}")
+    if args.part == "workers" and any(args.episodes % n for n in args.n_envs):
+        parser.error(f"workers: --episodes {args.episodes} is not a multiple of every --n-envs {args.n_envs}")
     torch.set_num_threads(getattr(args, "threads", 1))
     {"phases": phases, "workers": workers, "memory": memory, "autoq": autoq, "agent": agent_share}[args.part](args)
 

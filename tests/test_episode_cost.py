@@ -141,7 +141,7 @@ def test_the_autoq_comparison_without_nncf_is_one_line() -> None:
 
     repo = Path(__file__).resolve().parents[1]
     res = subprocess.run(
-        [sys.executable, "benchmarks/episode_cost.py", "autoq", "--peer-python", sys.executable, "--episodes", "1"],
+        [sys.executable, "benchmarks/episode_cost.py", "autoq", "--peer-python", sys.executable, "--episodes", "5"],
         cwd=repo,
         capture_output=True,
         text=True,
@@ -278,6 +278,13 @@ def test_random_policies_are_legal_and_repeat_for_a_seed() -> None:
         ),
         (["agent", "--model", "resnet20,fmnist_cnn"], "agent: --model takes one model"),
         (["agent", "--mode", "both"], "argument --mode: invalid choice: 'both'"),
+        (["--episodes", "0"], "argument --episodes: 0 must be >= 1"),
+        (["--splits", "512,0"], "argument --splits: 0 must be >= 1"),
+        (["--threads", "0"], "argument --threads: 0 must be >= 1"),
+        (["agent", "--warmup", "4", "--episodes", "4"], "agent: --warmup 4 leaves no learning episode of --episodes 4"),
+        (["workers", "--n-envs", "0"], "argument --n-envs: 0 must be >= 1"),
+        (["workers", "--episodes", "3", "--n-envs", "1,2"], "--episodes 3 is not a multiple of every --n-envs"),
+        (["memory", "--episodes", "3"], "memory: --early 20 must be below --episodes 3"),
     ],
 )
 def test_bad_benchmark_options_are_one_line_before_any_measurement(args: list[str], message: str) -> None:
@@ -285,7 +292,7 @@ def test_bad_benchmark_options_are_one_line_before_any_measurement(args: list[st
     import sys
 
     repo = Path(__file__).resolve().parents[1]
-    part = [] if args[0] == "agent" else ["phases"]
+    part = [] if args[0] in ("agent", "workers", "memory") else ["phases"]
     res = subprocess.run(
         [sys.executable, "benchmarks/episode_cost.py", *part, *args], cwd=repo, capture_output=True, text=True
     )
