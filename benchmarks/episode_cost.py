@@ -508,7 +508,12 @@ def main() -> None:
     if args.part == "workers" and any(args.episodes % n for n in args.n_envs):
         parser.error(f"workers: --episodes {args.episodes} is not a multiple of every --n-envs {args.n_envs}")
     torch.set_num_threads(getattr(args, "threads", 1))
-    {"phases": phases, "workers": workers, "memory": memory, "autoq": autoq, "agent": agent_share}[args.part](args)
+    from amc.errors import AmcError
+
+    try:
+        {"phases": phases, "workers": workers, "memory": memory, "autoq": autoq, "agent": agent_share}[args.part](args)
+    except AmcError as exc:  # a value amc refuses (a split larger than the data, ...): its one line
+        raise SystemExit(f"error: {exc}") from None
 
 
 if __name__ == "__main__":
