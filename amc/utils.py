@@ -141,18 +141,17 @@ class HeapTrimmer:
     def __call__(self) -> bool:
         """Trim when resident memory is above ``reference * (1 + slack)``; ``True`` when it trimmed."""
         rss = resident_bytes()
-        if rss is None or self.slack == 0:
-            trimmed = release_freed_memory()
-            self.trims += trimmed
-            return trimmed
-        if self.reference is None:
-            self.reference = rss
-            return False
-        if rss <= self.reference * (1 + self.slack):
-            return False
+        measured = rss is not None and self.slack > 0  # else: trim every time
+        if measured:
+            if self.reference is None:
+                self.reference = rss
+                return False
+            if rss <= self.reference * (1 + self.slack):
+                return False
         trimmed = release_freed_memory()
         self.trims += trimmed
-        self.reference = max(self.reference, resident_bytes() or rss)
+        if measured:
+            self.reference = max(self.reference, resident_bytes() or rss)
         return trimmed
 
 
