@@ -366,16 +366,13 @@ def calibrate_on_search_batch(
         xb = x.index_select(0, j)
         return xb.contiguous(memory_format=fmt) if fmt is not None else xb
 
-    # The other images in their order, in full batches (gathered a batch at a time: a copy of the inputs only).
-    batches = [
-        (gather(j), y.index_select(0, j))
-        for j in (others_idx[i : i + batch_size] for i in range(0, len(others_idx), batch_size))
-    ]
+    # The other images in their order, in full batches, each gathered (copied) only when it is evaluated.
+    batches = ((gather(j), y.index_select(0, j)) for j in others_idx.split(batch_size))
     quantizers = [q for q in activation_quantizers(model).values() if q.calibrating]
     with _calibrating(model, quantizers, bn) as after_batch:
         first = accuracy(model, [(gather(idx), y[idx])], device, train_mode=True)
         after_batch()
-        others = accuracy(model, batches, device) if batches else None
+        others = accuracy(model, batches, device) if len(others_idx) else None
     if first["nonfinite"] or (others is not None and others["nonfinite"]):
         return float("nan")
     k = len(sample)
