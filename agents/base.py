@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -146,30 +147,38 @@ class SearchCallback:
 
 
 class CallbackList(SearchCallback):
-    """Calls several callbacks in order.
+    """Calls several callbacks in order, and adds up the seconds each one takes.
 
     Args:
         callbacks: the callbacks.
+
+    Attributes:
+        seconds: wall seconds spent in each callback's hooks so far, by class name (two callbacks of one
+            class share an entry): what a search's outputs cost beside its episodes
+            (``benchmarks/episode_cost.py agent --outputs``).
     """
 
     def __init__(self, callbacks: Sequence[SearchCallback]) -> None:
         self.callbacks = list(callbacks)
+        self.seconds: dict[str, float] = {type(c).__name__: 0.0 for c in self.callbacks}
+
+    def _each(self, hook: str, *args: Any) -> None:
+        for c in self.callbacks:
+            t0 = time.perf_counter()
+            getattr(c, hook)(*args)
+            self.seconds[type(c).__name__] += time.perf_counter() - t0
 
     def on_search_start(self, agent: Agent, env: CompressionEnv, episodes: int) -> None:
-        for c in self.callbacks:
-            c.on_search_start(agent, env, episodes)
+        self._each("on_search_start", agent, env, episodes)
 
     def on_episode(self, agent: Agent, record: EpisodeRecord, is_best: bool) -> None:
-        for c in self.callbacks:
-            c.on_episode(agent, record, is_best)
+        self._each("on_episode", agent, record, is_best)
 
     def on_safe_point(self, agent: Agent, episodes_done: int) -> None:
-        for c in self.callbacks:
-            c.on_safe_point(agent, episodes_done)
+        self._each("on_safe_point", agent, episodes_done)
 
     def on_search_end(self, agent: Agent, result: SearchResult) -> None:
-        for c in self.callbacks:
-            c.on_search_end(agent, result)
+        self._each("on_search_end", agent, result)
 
 
 class Agent(ABC):

@@ -365,6 +365,42 @@ def search(
     if on_ready is not None:
         on_ready()
 
+    callback_list, best_writer, tensorboard = run_outputs(cfg, agent, env, run_dir, callbacks)
+    result = agent.search(env, episodes, callback_list)
+    spent = sorted(callback_list.seconds.items(), key=lambda kv: -kv[1])
+    log.info(
+        "callbacks and outputs: %.2f s of the search (%s)",
+        sum(callback_list.seconds.values()),
+        ", ".join(f"{name} {s:.2f} s" for name, s in spent),
+    )
+    try:
+        summary = summarize(cfg, result, env, data, meta, run_dir, best_writer, time.perf_counter() - t_start)
+    except BaseException:
+        tensorboard.finish()  # a failed summary still closes the writer (without the test numbers)
+        raise
+    tensorboard.finish({k: summary[k] for k in ("test_accuracy", "dense_accuracy", "dense_test_accuracy")})
+    return summary, env
+
+
+def run_outputs(
+    cfg: DictConfig, agent: Agent, env: CompressionEnv, run_dir: Path, callbacks: Sequence[SearchCallback] = ()
+) -> tuple[CallbackList, BestPolicyWriter, TensorBoardLogger]:
+    """The callbacks a search runs: ``callbacks`` first, then the run's outputs in ``run_dir``.
+
+    The outputs are ``episodes.csv``, ``best_policy.json``, TensorBoard (``tb/``, images every
+    ``callbacks.image_every`` episodes) and checkpoints (every ``callbacks.checkpoint_every``). Returns
+    the list (it times each callback: ``CallbackList.seconds``), the best-policy writer (the summary
+    adds the test accuracy) and the TensorBoard logger (held open for the final metrics: call its
+    ``finish``).
+
+    Args:
+        cfg: the run's config (``callbacks``, and the ``agent`` and ``env`` settings for TensorBoard's
+            hparams table).
+        agent: the search agent.
+        env: the environment.
+        run_dir: the run directory.
+        callbacks: the configurable callbacks (:func:`build_callbacks`).
+    """
     identity = run_identity(cfg, agent)
     dense = {**env.evaluator.dense, "accuracy": env.dense_accuracy}
     best_writer = BestPolicyWriter(run_dir / "best_policy.json", {**identity, "dense": dense})
@@ -384,14 +420,7 @@ def search(
             Checkpointer(run_dir / "checkpoints", int(cfg.callbacks.checkpoint_every), env),
         ]
     )
-    result = agent.search(env, episodes, callback_list)
-    try:
-        summary = summarize(cfg, result, env, data, meta, run_dir, best_writer, time.perf_counter() - t_start)
-    except BaseException:
-        tensorboard.finish()  # a failed summary still closes the writer (without the test numbers)
-        raise
-    tensorboard.finish({k: summary[k] for k in ("test_accuracy", "dense_accuracy", "dense_test_accuracy")})
-    return summary, env
+    return callback_list, best_writer, tensorboard
 
 
 def summarize(

@@ -6,11 +6,11 @@ Five parts, each measured in one run (timings on shared machines swing; compare 
     python benchmarks/episode_cost.py workers           # episodes per second with agent.n_envs = 1, 2, 4
     python benchmarks/episode_cost.py memory            # peak RSS of a 400-episode prune search
     python benchmarks/episode_cost.py autoq --peer-python PATH   # quantize episodes against NNCF's AutoQ
-    python benchmarks/episode_cost.py agent             # a DDPG episode: the environment's and the agent's share
+    python benchmarks/episode_cost.py agent --outputs   # a DDPG episode: the environment, the agent, the outputs
 
 ``phases``, ``workers`` and ``agent`` take ``--device`` (``cpu``, ``cuda``, ``cuda:N``, ``auto``) for the
 evaluation, ``agent`` also ``--agent-device`` for DDPG's networks and replay buffer (issue #16's GPU part:
-``phases --device cuda --models resnet20``, ``workers --device cuda --n-envs 1,4`` and ``agent --device
+``phases --device cuda --models resnet20``, ``workers --device cuda --n-envs 1,4`` and ``agent --outputs --device
 cuda``, ResNet-20 joint on the 5,000-image split for 120 episodes by default).
 
 ``phases`` runs episodes of seeded random actions through the budget wall (50% MACs in prune mode, 50%
@@ -34,7 +34,10 @@ is timed apart from the episodes.
 
 ``agent`` runs a DDPG search (``--warmup`` random episodes, then learning; no demonstrations) and times
 the environment's calls (``reset``, ``step``, ``evaluate``: compressing and evaluating) apart from the
-rest of each episode: SB3's gradient steps and predictions, noise, replay, callbacks.
+rest of each episode: SB3's gradient steps and predictions, noise, replay. With ``--outputs`` the search
+runs with ``amc.train``'s callbacks and outputs (``amc.train.run_outputs``: progress log, episodes.csv,
+best_policy.json, TensorBoard scalars and policy images, checkpoints, at the ``conf/callbacks``
+defaults), each timed apart (``CallbackList.seconds``).
 
 ``memory`` runs ``python -m amc.train`` (DDPG, prune mode, fmnist_cnn, the cached baseline) as a
 subprocess for 400 episodes and reads its resident memory from ``/proc``: the peak after 20 episodes
@@ -252,25 +255,52 @@ class _EnvClock:
 
 
 def agent_share(args: argparse.Namespace) -> None:
-    """Seconds per episode of a DDPG search, split into the environment's and the rest (agent, callbacks)."""
-    from amc.agents import DDPGAgent
+    """Seconds per episode of a DDPG search, split into the environment's, the outputs' and the rest (the agent)."""
+    from amc.agents import CallbackList, DDPGAgent
 
     with tempfile.TemporaryDirectory() as tmp:
         env = bench_env(args.model, args.split, args.mode, Path(tmp), device=args.device)
         clock = _EnvClock(env)
         agent = DDPGAgent(warmup=args.warmup / args.episodes, exploit=0, seed=0, device=args.agent_device)
+        callbacks, finish = outputs_of(args, agent, env, Path(tmp) / "run") if args.outputs else (None, None)
         t0 = time.perf_counter()
-        agent.search(env, args.episodes)
+        agent.search(env, args.episodes, callbacks)
+        if finish is not None:  # TensorBoard's hparams table and closing the writer, as amc.train does after it
+            t1 = time.perf_counter()
+            finish()
+            callbacks.seconds["TensorBoardLogger"] += time.perf_counter() - t1
         total = time.perf_counter() - t0
     per, env_s = total / args.episodes, clock.seconds / args.episodes
+    out_s = sum(callbacks.seconds.values()) / args.episodes if isinstance(callbacks, CallbackList) else 0.0
     print(
         f"workload: {args.model} {args.mode}, split {args.split}, {args.episodes} episodes ({args.warmup} random), "
         f"{len(env.graph.units)} steps each, env on {args.device}, agent on {args.agent_device}, "
-        f"{torch.get_num_threads()} thread(s), load {os.getloadavg()[0]:.2f}"
+        f"{torch.get_num_threads()} thread(s), outputs {'on' if args.outputs else 'off'}, load {os.getloadavg()[0]:.2f}"
     )
-    print(f"{'s per episode':<34}{per:>9.4f}")
-    print(f"{'  environment (compress, evaluate)':<34}{env_s:>9.4f}")
-    print(f"{'  agent and callbacks':<34}{per - env_s:>9.4f}  ({(per - env_s) / per:.0%} of the episode)")
+    rest = per - env_s - out_s
+    print(f"{'s per episode':<36}{per:>9.4f}")
+    print(f"{'  environment (compress, evaluate)':<36}{env_s:>9.4f}")
+    print(f"{'  agent (updates, predictions)':<36}{rest:>9.4f}  ({rest / per:.0%} of the episode)")
+    if isinstance(callbacks, CallbackList):
+        print(f"{'  callbacks and outputs':<36}{out_s:>9.4f}  ({out_s / per:.0%} of the episode)")
+        for name, seconds in sorted(callbacks.seconds.items(), key=lambda kv: -kv[1]):
+            print(f"{'    ' + name:<36}{seconds / args.episodes:>9.4f}")
+
+
+def outputs_of(args: argparse.Namespace, agent, env: CompressionEnv, run_dir: Path):  # noqa: ANN001, ANN201
+    """amc.train's callbacks for this workload (progress log, episodes.csv, best_policy.json, TensorBoard,
+    checkpoints; defaults of ``conf/callbacks``, no progress bar), and the call that finishes TensorBoard."""
+    from hydra import compose, initialize_config_module
+
+    from amc.train import build_callbacks, run_outputs
+
+    budget = "macs" if args.mode == "prune" else "bitops"
+    overrides = [f"model={args.model}", f"env={args.mode}", "budgets.latency=null", f"budgets.{budget}=0.5"]
+    overrides += [f"episodes={args.episodes}", "callbacks.progress_bar=false", f"output_dir={run_dir}"]
+    with initialize_config_module(config_module="amc.conf", version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+    callbacks, _, tensorboard = run_outputs(cfg, agent, env, run_dir, build_callbacks(cfg))
+    return callbacks, lambda: tensorboard.finish()
 
 
 def _status_kib(pid: int, key: str) -> int:
@@ -485,6 +515,11 @@ def main() -> None:
     g.add_argument("--device", type=device_name, default="cpu", help="the environment's evaluation device")
     g.add_argument("--agent-device", type=device_name, default="cpu", help="the agent's networks and replay buffer")
     g.add_argument("--threads", type=at_least(1), default=1, help="torch threads")
+    g.add_argument(
+        "--outputs",
+        action="store_true",
+        help="with amc.train's callbacks and outputs (episodes.csv, best policy, TensorBoard, checkpoints) timed",
+    )
     m = sub.add_parser(
         "memory", help="peak RSS of a prune search after --early episodes and at the end", formatter_class=fmt
     )

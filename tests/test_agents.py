@@ -437,3 +437,17 @@ def test_reanchor_every_recentres_on_each_new_best() -> None:
                 r.reward for r in legal if Policy.from_dict(r.policy, env.graph) == ref
             )
     assert len({str(r) for _, r in refs}) >= 2  # it moved at least once
+
+
+def test_callback_list_adds_up_the_seconds_of_each_callback() -> None:
+    import time
+
+    class Slow(SearchCallback):
+        def on_episode(self, agent: Agent, record: EpisodeRecord, is_best: bool) -> None:
+            time.sleep(0.02)
+
+    env, rec = small_env(), Recorder()
+    callbacks = CallbackList([rec, Slow()])
+    RandomSearch(seed=0).search(env, 3, callbacks)
+    assert set(callbacks.seconds) == {"Recorder", "Slow"}
+    assert callbacks.seconds["Slow"] >= 3 * 0.02 and 0 <= callbacks.seconds["Recorder"] < callbacks.seconds["Slow"]

@@ -311,7 +311,7 @@ def test_the_agent_part_splits_a_ddpg_episode_into_environment_and_agent_seconds
     repo = Path(__file__).resolve().parents[1]
     res = subprocess.run(
         [sys.executable, "benchmarks/episode_cost.py", "agent", "--model", "fmnist_cnn", "--split", "256"]
-        + ["--episodes", "6", "--warmup", "2"],
+        + ["--episodes", "6", "--warmup", "2", "--outputs"],
         cwd=repo,
         capture_output=True,
         text=True,
@@ -319,8 +319,13 @@ def test_the_agent_part_splits_a_ddpg_episode_into_environment_and_agent_seconds
     assert res.returncode == 0, res.stderr
     lines = res.stdout.splitlines()
     assert lines[0].startswith("workload: fmnist_cnn joint, split 256, 6 episodes (2 random), 7 steps each")
-    total, env, agent = (float(line.split()[-1 if i < 2 else -5]) for i, line in enumerate(lines[1:4]))
-    assert 0 < env < total and agent == pytest.approx(total - env, abs=1e-3)
+    assert "outputs on" in lines[0]
+    total, env, agent, outputs = (float(line.split()[-1 if i < 2 else -5]) for i, line in enumerate(lines[1:5]))
+    assert 0 < env < total and agent > 0 and agent + outputs == pytest.approx(total - env, abs=1e-3)
+    # amc.train's outputs, each timed: they add up to the callbacks' share
+    each = {line.split()[0]: float(line.split()[1]) for line in lines[5:]}
+    assert {"EpisodeLog", "BestPolicyWriter", "TensorBoardLogger", "Checkpointer", "ProgressLog"} <= set(each)
+    assert each["TensorBoardLogger"] > 0 and sum(each.values()) == pytest.approx(outputs, abs=1e-3)
 
 
 def test_episode_records_say_which_accuracies_came_from_the_cache() -> None:

@@ -108,10 +108,22 @@ def test_search_writes_every_output(agent: str, cfg_for: Callable[..., DictConfi
     assert "| latency" in summary["table"] and "dense" in summary["table"]
 
 
-def test_tensorboard_has_search_policy_train_and_hparams(cfg_for: Callable[..., DictConfig], tmp_path: Path) -> None:
+def test_tensorboard_has_search_policy_train_and_hparams(
+    cfg_for: Callable[..., DictConfig], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    import amc.agents.callbacks as callbacks
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    drawn_on = []  # the real drawing, watched: which thread draws each policy image
+    draw = callbacks.policy_image
+    monkeypatch.setattr(
+        callbacks, "policy_image", lambda *a, **k: drawn_on.append(threading.current_thread().name) or draw(*a, **k)
+    )
     train(cfg_for("agent=ddpg", *AGENT_ARGS["ddpg"]))
+    assert drawn_on and all(name.startswith("amc-tensorboard-images") for name in drawn_on), drawn_on
+    assert not [t for t in threading.enumerate() if t.name.startswith("amc-tensorboard-images")], "thread left"
     events = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0, "scalars": 0})
     events.Reload()
     tags = events.Tags()
