@@ -22,7 +22,7 @@ from amc.envs import CompressionEnv
 from tqdm.auto import tqdm
 
 from amc.errors import AmcError
-from amc.utils import atomic_torch_save, atomic_write_bytes, give_umask_mode
+from amc.utils import atomic_torch_save, atomic_write_bytes, bar_disable, give_umask_mode
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class ProgressBar(SearchCallback):
             desc=f"search[{agent.name}]",
             unit="ep",
             dynamic_ncols=True,
-            disable=not self.enabled,
+            disable=bar_disable(self.enabled),
         )
 
     def on_episode(self, agent: Agent, record: EpisodeRecord, is_best: bool) -> None:

@@ -136,7 +136,6 @@ class ILPSearch(GreedySearch):
         one_each[block_of, np.arange(len(columns))] = 1.0
         from scipy.optimize import Bounds, LinearConstraint, milp  # here: 0.2 s off every command's start
 
-
         def solve(cap: np.ndarray) -> tuple[list[int], float, np.ndarray] | None:
             """Levels, objective and approximate cost per budget of the optimum under ``cap`` (None: none fits)."""
             res = milp(

@@ -167,6 +167,9 @@ def continue_hint(cfg: DictConfig) -> str:
     task = str(cfg.get("task_name") or "")
     run_dir = cfg.get("resume") or (HydraConfig.get().runtime.output_dir if HydraConfig.initialized() else None)
     if task == "train" and run_dir:
+        if not cfg.get("resume") and not (Path(run_dir) / "config.yaml").is_file():
+            # stopped before the search wrote its config (pretraining the baseline, building the environment)
+            return "run the same command again: the baseline's pretraining continues from its last saved epoch"
         return f"continue it with `python -m amc.train resume={run_dir}`"
     if task == "finetune" and run_dir:
         return f"continue it with `python -m amc.finetune <same arguments> resume={run_dir}`"

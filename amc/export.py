@@ -316,8 +316,12 @@ def export_quantized_onnx(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     x = torch.zeros((2, *input_shape))
-    quiet = logging.getLogger("torch.onnx")
-    level, quiet.level = quiet.level, logging.ERROR
+    # The exporter and its IR passes log every step at INFO ("Replaced initializer ..."): dozens of lines
+    # in the command's log for one export. Only their errors are kept.
+    quiet = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "onnx_ir")]
+    levels = [q.level for q in quiet]
+    for q in quiet:
+        q.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
             warnings.simplefilter("ignore")
@@ -332,7 +336,8 @@ def export_quantized_onnx(
                 external_data=False,
             )
     finally:
-        quiet.level = level
+        for q, level in zip(quiet, levels):
+            q.setLevel(level)
     graph = onnx.load(str(tmp))
     units = [{k: u[k] for k in ("name", "w_bits", "a_bits")} for u in policy.get("units", [])]
     onnx.helper.set_model_props(graph, {"amc.policy": json.dumps({"units": units})})

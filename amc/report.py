@@ -142,8 +142,9 @@ def _mean_std(values: Sequence[float | None]) -> str:
     if not vals:
         return "-"
     mean = float(np.mean(vals))
-    std = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
-    return f"{mean:.4f} ± {std:.4f}"
+    if len(vals) == 1:  # one seed: no spread to show (a "± 0.0000" would claim there is none)
+        return f"{mean:.4f}"
+    return f"{mean:.4f} ± {float(np.std(vals, ddof=1)):.4f}"
 
 
 def aggregate(runs: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[list[Any]]]:
@@ -202,7 +203,8 @@ def report(root: str | Path, out: str | Path | None = None) -> str:
     out = Path(out) if out is not None else Path(root)
     headers, rows = aggregate(runs)
     table = tabulate(rows, headers=headers, tablefmt="github")
-    text = f"# Sweep report: {Path(root)}\n\n{len(runs)} runs; mean ± std over seeds.\n\n{table}\n"
+    spread = "mean ± std over seeds (the value alone where one seed ran)"
+    text = f"# Sweep report: {Path(root)}\n\n{len(runs)} runs; {spread}.\n\n{table}\n"
     atomic_write_bytes(out / "report.md", text.encode())
     fields = [
         "run_dir",

@@ -27,7 +27,7 @@ from amc.data import DataModule
 from amc.errors import AmcError
 from amc.export import load_quantizer_state, quantizer_state
 from amc.qat import calibrate_activations
-from amc.utils import atomic_torch_save
+from amc.utils import atomic_torch_save, bar_disable
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def train_epoch(
     """
     model.train()
     total, n = 0.0, 0
-    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=not progress)
+    bar = tqdm(loader, desc=desc, leave=False, dynamic_ncols=True, disable=bar_disable(progress))
     for x, y in bar:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         loss = loss_fn(x, y)
@@ -210,7 +210,7 @@ def fit(
             raise AmcError(f"{activity} state {state_path} is unusable ({exc}); delete it to start over") from exc
         log.info("resuming %s from epoch %d/%d (%s)", activity, start, epochs, state_path)
     epochs_bar = tqdm(
-        range(start, epochs), desc=name, initial=start, total=epochs, dynamic_ncols=True, disable=not progress
+        range(start, epochs), desc=name, initial=start, total=epochs, dynamic_ncols=True, disable=bar_disable(progress)
     )
     for epoch in epochs_bar:
         loader = data.train_loader(seed=seed * 1000 + epoch)

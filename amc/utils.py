@@ -159,6 +159,17 @@ trim_heap = HeapTrimmer()
 """The process's trimmer, called at the end of every evaluated episode (in the environment and in each worker)."""
 
 
+def bar_disable(enabled: bool) -> bool | None:
+    """tqdm's ``disable`` for a progress bar that is ``enabled``: shown only where stderr is a terminal.
+
+    ``None`` lets tqdm decide: written into a pipe or a file, a bar cannot redraw itself and leaves
+    one more line at every refresh; there the log lines report the progress instead (``amc.train``'s
+    progress log, about 20 lines a search; an epoch line per epoch in ``amc.pretrain`` and
+    ``amc.finetune``).
+    """
+    return None if enabled else True
+
+
 def resolve_device(name: str) -> torch.device:
     """Turn ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` into a ``torch.device``.
 

@@ -720,3 +720,25 @@ def test_imagenet_plumbing_with_fake_torchvision(tmp_path: Path, monkeypatch: py
     (flat / "val" / "ILSVRC2012_val_00000001.JPEG").write_bytes(b"")
     with pytest.raises(AmcError, match="no class sub-folders"):
         ImageNet(root=str(flat), search_size=0).setup()
+
+
+def test_fetch_command_says_where_the_files_are(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from test_pretrain import make_fmnist
+
+    from amc.data.__main__ import main
+
+    make_fmnist(tmp_path / "fm", n_train=60, n_test=20)
+    assert main(["fashion_mnist", str(tmp_path / "fm")]) == 0
+    assert capsys.readouterr().out.strip() == f"fashion_mnist: ready ({tmp_path / 'fm'})"
+    # Files in a system folder searched after root (Debian's package): said so, and root stays untouched.
+    system = dataclasses.replace(FashionMNIST.RESOURCE, system_dirs=(str(tmp_path / "fm"),))
+    monkeypatch.setattr(FashionMNIST, "RESOURCE", system)
+    assert main(["fashion_mnist", str(tmp_path / "empty")]) == 0
+    out = capsys.readouterr().out.strip()
+    assert (
+        out
+        == f"fashion_mnist: ready ({tmp_path / 'fm'}, found there: nothing was downloaded into {tmp_path / 'empty'})"
+    )
+    assert not (tmp_path / "empty").exists()

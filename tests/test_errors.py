@@ -249,6 +249,12 @@ CASES: dict[str, tuple[str, list[str], str, int]] = {
         2,
     ),
     "hardware-unknown-preset": ("amc.hardware", ["hardware=tpu9"], r"Could not find 'hardware/tpu9'", 1),
+    "hardware-policy-missing": (
+        "amc.hardware",
+        ["policy={root}/nowhere.json", "plots=false"],
+        r"policy file .*nowhere.json not found; pass policy=",
+        2,
+    ),
     "report-not-a-directory": ("amc.report", ["{root}/nowhere"], r"is not a directory", 2),
     "report-no-runs": ("amc.report", ["{root}/fm"], r"no best_policy.json under", 2),
     # Every value has a declared type and range (amc/schema.py), checked before anything is trained or written.
@@ -418,6 +424,8 @@ def test_bad_input(case: str, world: Path, tmp_path: Path) -> None:
         message = res.stderr
         assert "Available options" in message or "+" in message or "not in struct" in message, message
     assert re.search(expected, message), message
+    if module == "amc.hardware":  # refused before any table is printed
+        assert res.stdout == "", res.stdout[-2000:]
     # Nothing already written was lost or modified (the finished search and fine-tuning above included).
     after = {p: p.stat().st_mtime_ns for p in world.rglob("*") if p.is_file()}
     changed = [str(p) for p, t in before.items() if after.get(p) != t]
@@ -537,6 +545,27 @@ def test_interrupt_prints_one_line_saying_how_to_resume(sig: signal.Signals, wor
     errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
     assert len(errors) == 1 and errors[0] == err.strip().splitlines()[-1], err[-2000:]
     assert f"python -m amc.train resume={run}`" in errors[0]
+
+
+def test_interrupted_pretraining_says_to_run_the_command_again(world: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    # A baseline not in the cache (another pretraining seed), long enough to be interrupted while it trains.
+    args = [*train_args(world), "pretrain.seed=11", "pretrain.epochs=500", f"hydra.run.dir={run}"]
+    proc = _popen("amc.train", *args)
+    deadline = time.time() + 120
+    log = run / "train.log"
+    while proc.poll() is None and time.time() < deadline and "training baseline" not in _text(log):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err[-2000:]
+    errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "run the same command again" in errors[0] and "resume=" not in errors[0], err[-2000:]
+    assert not (run / "config.yaml").exists()
+
+
+def _text(path: Path) -> str:
+    return path.read_text() if path.is_file() else ""
 
 
 def test_hardware_report_reads_a_search_policy(world: Path, tmp_path: Path) -> None:

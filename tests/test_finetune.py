@@ -117,8 +117,11 @@ def test_export_without_finetuning_reproduces_apply(setup: dict, tmp_path: Path)
 
 
 def test_finetune_with_kd_improves_and_exports_onnx(
-    setup: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    setup: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
+    import logging
+
+    caplog.set_level(logging.INFO)
     kl_calls: list[int] = []
     real_kl_div = nn.functional.kl_div
 
@@ -153,6 +156,9 @@ def test_finetune_with_kd_improves_and_exports_onnx(
         assert report["files"]["onnx"] is None
         pytest.skip("onnx not installed")
     onnx.checker.check_model(str(tmp_path / "model.onnx"))
+    # The exporters' step-by-step INFO lines stay out of the command's log (dozens per export).
+    noisy = [r for r in caplog.records if r.name.split(".")[0] in ("onnxscript", "onnx_ir") and r.levelno < 40]
+    assert report["files"]["onnx_qdq"] is not None and not noisy, [r.getMessage() for r in noisy[:3]]
 
 
 def test_from_scratch_reinitialises_the_weights(setup: dict, tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -307,7 +308,8 @@ def test_joblib_multirun_and_report(tiny_root: Path, tmp_path: Path) -> None:
     report = cli("-m", "amc.report", str(sweep))
     assert report.returncode == 0, report.stderr[-2000:]
     text = (sweep / "report.md").read_text()
-    assert "random" in text and "uniform" in text and "latency=0.5" in text and "±" in text
+    assert "random" in text and "uniform" in text and "latency=0.5" in text
+    assert "±" not in text.split("\n\n", 2)[2], text  # one seed per agent: values without a spread
     assert (sweep / "pareto.png").stat().st_size > 1000 and (sweep / "report.csv").is_file()
 
 
@@ -358,3 +360,36 @@ def test_submitit_launchers(tiny_root: Path, tmp_path: Path) -> None:
     )
     assert run.returncode == 0, run.stderr[-3000:]
     assert sorted(p.parent.name for p in sweep.glob("*/best_policy.json")) == ["job0", "job1"]
+
+
+def test_report_shows_a_spread_only_over_several_seeds() -> None:
+    from amc.report import aggregate
+
+    base = {"model": "m", "mode": "joint", "hardware": "h", "budgets": {"latency": {"target": 0.5}}}
+    runs = [
+        {**base, "agent": "ddpg", "accuracy": 0.90, "test_accuracy": 0.80, "reward": 1.0, "ratios": {"latency": 0.4}},
+        {**base, "agent": "ddpg", "accuracy": 0.80, "test_accuracy": 0.70, "reward": 0.0, "ratios": {"latency": 0.5}},
+        {
+            **base,
+            "agent": "uniform",
+            "accuracy": 0.70,
+            "test_accuracy": None,
+            "reward": 2.0,
+            "ratios": {"latency": 0.5},
+        },
+    ]
+    headers, rows = aggregate(runs)
+    cells = {row[headers.index("agent")]: dict(zip(headers, row)) for row in rows}
+    assert cells["ddpg"]["seeds"] == 2 and cells["ddpg"]["search acc"] == "0.8500 ± 0.0707"
+    assert cells["uniform"]["seeds"] == 1 and cells["uniform"]["search acc"] == "0.7000"
+    assert cells["uniform"]["test acc"] == "-" and cells["uniform"]["latency ratio"] == "0.5000"
+
+
+def test_progress_bar_stays_off_a_pipe_and_the_log_says_the_progress(tiny_root: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    args = [*tiny(tiny_root), "callbacks.progress_bar=true", "agent=random", "episodes=3", f"hydra.run.dir={run}"]
+    res = cli("-m", "amc.train", *args)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = res.stdout + res.stderr  # a pipe here: no bar (its "N/3 [elapsed<left, rate ep/s]" refreshes)
+    assert not re.search(r"\d/3 \[|ep/s", out), out[-2000:]
+    assert "episode 3/3" in (run / "train.log").read_text()

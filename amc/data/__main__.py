@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from amc.data import build_data
 from amc.errors import AmcError
@@ -16,12 +17,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("root", help="folder for the files")
     args = parser.parse_args(argv)
     try:
-        data = build_data(args.name, root=args.root, download=True)
+        data = build_data(args.name, root=args.root, download=True, search_size=0)  # files only: no split to fit
         data.setup()
     except AmcError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    print(f"{data.name}: ready ({args.root})")
+    where = Path(getattr(data, "location", args.root))
+    if where.resolve() == Path(args.root).expanduser().resolve():
+        print(f"{data.name}: ready ({args.root})")
+    else:  # found in a system folder (e.g. Debian's package): nothing was downloaded into root
+        print(f"{data.name}: ready ({where}, found there: nothing was downloaded into {args.root})")
     return 0
 
 

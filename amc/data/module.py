@@ -56,6 +56,10 @@ class DataModule(ABC):
         num_workers: DataLoader worker processes.
         download: download missing files into ``root``.
         augment: light augmentation in :meth:`train_loader`.
+
+    Attributes:
+        location: the folder the files were read from: ``root``, or after :meth:`setup` a system folder
+            searched after it (Fashion-MNIST and MNIST: Debian's ``/usr/share/datasets/...``).
     """
 
     NAME: ClassVar[str] = ""
@@ -110,6 +114,7 @@ class DataModule(ABC):
                 f"images: set data.search_size between 0 and {self.TRAIN_SIZE - 1}"
             )
         self.root = str(root)
+        self.location = self.root  # where the files were read from (set by setup when it is not root)
         self.num_classes, self.in_channels, self.image_size = (
             self.NUM_CLASSES,
             self.IN_CHANNELS,
@@ -384,6 +389,8 @@ class _IdxDataModule(InMemoryDataModule):
     RESOURCE: ClassVar[mnist.IdxResource]
 
     def _load_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        # Where the files are: root, or a system folder searched after it (Debian's package)
+        self.location = str(mnist.locate_idx_files(self.RESOURCE, self.root, self.download)[mnist.TRAIN_IMAGES].parent)
         return mnist.load_idx_dataset(self.RESOURCE, self.root, self.download, self.NUM_CLASSES)
 
 

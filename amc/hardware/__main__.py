@@ -50,15 +50,15 @@ def hardware_report(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[
     model = instantiate(arch_spec(cfg.model))
     graph = build_graph(model, data.input_shape, check_routing=False)  # units only
     hw = HardwareModel(accelerator, graph.units, batch=cfg.get("batch"))
+    policy = load_policy(cfg.policy, graph.units) if cfg.get("policy") else None  # a bad file fails before any table
     about = accelerator.describe()
     print("hardware: " + ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in about.items()))
     print(f"model: {type(model).__name__}, input {tuple(data.input_shape)}, {len(graph.units)} units, batch {hw.batch}")
     dense = hw.model_cost()
     results = {"dense": dense}
-    print("\ndense, unquantized (32 = native bits):")
+    print("\ndense, unquantized (float layers are costed at the hardware's native bits: the w/a bits column):")
     print(format_table(dense, [UnitPolicy(str(u.name), u.in_channels, u.out_channels) for u in graph.units]))
-    if cfg.get("policy"):
-        policy = load_policy(cfg.policy, graph.units)
+    if policy is not None:
         after = hw.model_cost(*policy_lists(policy))
         results["policy"] = after
         print(f"\npolicy {cfg.policy}:")
