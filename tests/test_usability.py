@@ -224,12 +224,53 @@ def test_logs_tell_the_story_without_progress_bars(searched: Path, tmp_path: Pat
         assert len(units) == 3 and len({u.split()[1] for u in units}) == 1, row
 
 
+def on_terminal(*args: str, cwd: Path, timeout: int = 300) -> tuple[int, str]:
+    """``python <args>`` with stderr on a pseudo-terminal (as in an interactive shell): exit status, stderr."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+    import threading
+
+    try:
+        master, slave = pty.openpty()
+    except OSError as exc:  # a container without /dev/ptmx
+        pytest.skip(f"no pseudo-terminal here ({exc})")
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))  # a new pty is 0 columns wide
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "AMC_HOME": str(cwd)}
+    proc = subprocess.Popen([sys.executable, *args], cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=slave)
+    os.close(slave)
+    chunks: list[bytes] = []
+
+    def drain() -> None:  # read as it comes: a full terminal buffer would block the command
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:  # EIO: the command exited and closed its end
+                return
+            if not data:
+                return
+            chunks.append(data)
+
+    reader = threading.Thread(target=drain)
+    reader.start()
+    try:
+        code = proc.wait(timeout=timeout)
+    finally:
+        reader.join(timeout=30)
+        os.close(master)
+    return code, b"".join(chunks).decode(errors="replace")
+
+
 def test_pretrain_progress_bar_switch(tmp_path: Path) -> None:
     make_fmnist(tmp_path / "fm", n_train=300, n_test=50)
     quiet = cli("-m", "amc.pretrain", *tiny_data_args(tmp_path), "progress_bar=false", cwd=tmp_path)
     assert quiet.returncode == 0 and "pretrain:" not in quiet.stderr and "\r" not in quiet.stderr, quiet.stderr
-    bars = cli("-m", "amc.pretrain", *tiny_data_args(tmp_path), "pretrain.force=true", cwd=tmp_path)
-    assert bars.returncode == 0 and "pretrain:" in bars.stderr
+    # On by default, but drawn only on a terminal: in a pipe (a log file, SLURM) a bar leaves a line per refresh.
+    piped = cli("-m", "amc.pretrain", *tiny_data_args(tmp_path), "pretrain.force=true", cwd=tmp_path)
+    assert piped.returncode == 0 and "pretrain:" not in piped.stderr and "\r" not in piped.stderr, piped.stderr
+    code, shown = on_terminal("-m", "amc.pretrain", *tiny_data_args(tmp_path), "pretrain.force=true", cwd=tmp_path)
+    assert code == 0 and "pretrain:" in shown and "\r" in shown, shown[-2000:]
 
 
 @pytest.mark.parametrize(
