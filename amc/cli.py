@@ -169,7 +169,10 @@ def continue_hint(cfg: DictConfig) -> str:
     if task == "train" and run_dir:
         if not cfg.get("resume") and not (Path(run_dir) / "config.yaml").is_file():
             # stopped before the search wrote its config (pretraining the baseline, building the environment)
-            return "run the same command again: the baseline's pretraining continues from its last saved epoch"
+            return (
+                "run the same command again (no episode had run; a baseline being pretrained continues from its "
+                "last saved epoch)"
+            )
         return f"continue it with `python -m amc.train resume={run_dir}`"
     if task == "finetune" and run_dir:
         return f"continue it with `python -m amc.finetune <same arguments> resume={run_dir}`"
