@@ -541,3 +541,31 @@ def test_bad_problem_options_are_refused_in_one_line() -> None:
     for key, value in (("wall", "soft"), ("levels", "some"), ("reference", "greedy")):
         with pytest.raises(AmcError, match=rf"env.{key}='{value}' is not an option"):
             make_small_env("joint", {"macs": 0.5}, **{key: value})
+
+
+@pytest.mark.parametrize(
+    ("preset", "widest"),
+    [
+        ("bitfusion_edge", None),
+        ("bismo_edge", None),
+        ("gpu_roofline", None),
+        ("eyeriss_like", None),
+        ("systolic_ws_32x32", 8),
+        ("npu_int8_int4", 8),
+    ],
+)
+def test_bits_up_to_16_run_on_every_preset_that_can_run_them(preset: str, widest: int | None) -> None:
+    from amc.errors import AmcError
+
+    if widest is not None:  # a datapath narrower than the range: refused, naming the preset and the fix
+        with pytest.raises(
+            AmcError, match=rf"preset '{preset}' runs at most {widest}-bit integers .* at most {widest}"
+        ):
+            make_small_env("quantize", {"latency": 0.9}, preset=preset, w_bits=(2, 16), a_bits=(2, 16))
+        return
+    env = make_small_env("quantize", {"latency": 0.9}, preset=preset, w_bits=(2, 16), a_bits=(2, 16), levels="all")
+    env.reset()
+    done, info = False, {}
+    while not done:  # the widest bits everywhere: costed (Bit Fusion in passes), the wall brings them down
+        _, _, done, _, info = env.step(np.ones(env.action_dim, dtype=np.float32))
+    assert info["ratio/latency"] <= 0.9 and max(env.policy().w_bits) <= 16

@@ -315,10 +315,14 @@ def test_preset_yaml_numbers_cite_sources() -> None:
 
 def test_bad_queries_raise_amc_error() -> None:
     hw = HardwareModel(load_preset("bitfusion_edge"), small_model())
-    with pytest.raises(AmcError, match=r"w_bits=9 is not supported"):
-        hw.layer_cost(0, 3, 32, 9, 8)
-    with pytest.raises(AmcError, match=r"a_bits=16 is not supported"):
-        hw.layer_cost(0, 3, 32, 8, 16)
+    with pytest.raises(AmcError, match=r"w_bits=17 is not supported; use an integer in 1..16"):
+        hw.layer_cost(0, 3, 32, 17, 8)
+    with pytest.raises(AmcError, match=r"a_bits=0 is not supported"):
+        hw.layer_cost(0, 3, 32, 8, 0)
+    # Wider than 8 bits, Bit Fusion runs ceil(w/8) * ceil(a/8) temporal passes (its 16-bit mode, HAQ's range).
+    wide, native = hw.layer_cost(1, 32, 32, 16, 16), hw.layer_cost(1, 32, 32, 8, 8)
+    assert wide.compute_cycles == 4 * native.compute_cycles  # 2 x 2 passes
+    assert hw.layer_cost(1, 32, 32, 12, 8).compute_cycles == hw.layer_cost(1, 32, 32, 16, 8).compute_cycles
     with pytest.raises(AmcError, match=r"unit index 7 out of range; the model has 5 units"):
         hw.layer_cost(7, 3, 32, 8, 8)
     with pytest.raises(AmcError, match=r"kept channels must be >= 1 \(got c_in=3, c_out=0\)"):
@@ -443,7 +447,7 @@ def test_policy_file_and_plots(tmp_path: Path) -> None:
     for bad, message in (
         ({"units": [{"name": "nope"}]}, r"unit 'nope' is not in the model; its units are conv1"),
         ({"units": [{"name": "conv1", "out_channels": 64}]}, r"conv1.out_channels=64 must be in 1..32"),
-        ({"units": [{"name": "conv1", "w_bits": 9}]}, r"conv1.w_bits=9 is not supported"),
+        ({"units": [{"name": "conv1", "w_bits": 17}]}, r"conv1.w_bits=17 is not supported"),
         ({"layers": []}, r'needs \{"units": \[...\]\}'),
     ):
         policy_file.write_text(json.dumps(bad))

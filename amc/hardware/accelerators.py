@@ -190,8 +190,8 @@ class Accelerator(ABC):
 
         Args:
             gemm: the layer as a grouped matrix multiply (:func:`amc.hardware.spec.lower`).
-            w_bits: weight bits, 1..8 or 32 (unquantized).
-            a_bits: activation bits, 1..8 or 32.
+            w_bits: weight bits, 1..16 or 32 (unquantized).
+            a_bits: activation bits, 1..16 or 32.
             name: the layer's name, copied into the result.
         """
         dp = self.resolve(w_bits, a_bits)
@@ -328,6 +328,11 @@ class SystolicArray(Accelerator):
         _positive("cols", cols)
         self.rows, self.cols, self.dataflow = int(rows), int(cols), dataflow
         self.kind = f"systolic_{dataflow}"
+
+    @property
+    def max_bits(self) -> int:
+        """The datapath's width: a wider operand does not fit it (SCALE-Sim's words are one byte at 8)."""
+        return self.native_bits
 
     def datapath(self, w_bits: int, a_bits: int) -> Datapath:
         return (self.native_bits, self.native_bits, 0)
@@ -629,6 +634,11 @@ class RowStationaryArray(Accelerator):
         _positive("rows", rows)
         _positive("cols", cols)
         self.rows, self.cols = int(rows), int(cols)
+
+    @property
+    def max_bits(self) -> int:
+        """The datapath's width (Eyeriss: 16-bit fixed point); a wider operand does not fit it."""
+        return self.native_bits
 
     def datapath(self, w_bits: int, a_bits: int) -> Datapath:
         return (self.native_bits, self.native_bits, 0)

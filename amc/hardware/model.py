@@ -42,8 +42,8 @@ class CostModelBase:
             i: unit index in forward order.
             c_in: input channels kept (None: all).
             c_out: output channels kept (None: all).
-            w_bits: weight bits, 1..8 or 32 (unquantized).
-            a_bits: activation bits, 1..8 or 32.
+            w_bits: weight bits, 1..16 or 32 (unquantized).
+            a_bits: activation bits, 1..16 or 32.
         """
         if c_in is None or c_out is None:
             if not 0 <= i < len(self.units):

@@ -34,7 +34,7 @@ class UnitPolicy:
         name: the unit's module name.
         in_channels: input channels kept.
         out_channels: output channels kept.
-        w_bits: weight bits (1..8, or 32 for unquantized).
+        w_bits: weight bits (1..16, or 32 for unquantized).
         a_bits: activation bits.
     """
 

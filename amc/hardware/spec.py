@@ -17,8 +17,12 @@ from typing import Protocol, runtime_checkable
 
 from amc.errors import AmcError
 
-#: Bit widths a query may ask for: integer 1..8, or 32 for "unquantized" (the accelerator's native format).
-VALID_BITS: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7, 8, 32)
+#: Bit widths a query may ask for: integer 1..16 (the search's range, ``env.w_bits``/``env.a_bits``), or 32
+#: for "unquantized" (the accelerator's native format). A preset that cannot run a width says so by its
+#: ``max_bits`` (the environment refuses wider bit ranges, naming the preset).
+VALID_BITS: tuple[int, ...] = (*range(1, 17), 32)
+#: The bit axis :func:`amc.hardware.tables.build_table` tabulates by default (HAQ's 1..8, and float).
+TABLE_BITS: tuple[int, ...] = (*range(1, 9), 32)
 #: The value meaning "not quantized".
 FLOAT_BITS = 32
 
@@ -273,14 +277,14 @@ def round_channels(c: int, multiple: int, maximum: int | None = None) -> int:
 
 
 def check_bits(bits: int, what: str = "bits") -> int:
-    """Validate one bit width: 1..8, or 32 for "unquantized".
+    """Validate one bit width: 1..16, or 32 for "unquantized".
 
     Args:
         bits: the bit width.
         what: its name, for the error message.
     """
     if bits not in VALID_BITS:
-        raise AmcError(f"{what}={bits!r} is not supported; use an integer in 1..8, or 32 for unquantized")
+        raise AmcError(f"{what}={bits!r} is not supported; use an integer in 1..16, or 32 for unquantized")
     return int(bits)
 
 

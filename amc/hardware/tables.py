@@ -33,7 +33,7 @@ import numpy as np
 from amc.errors import AmcError
 from amc.hardware.model import CostModelBase
 from amc.hardware.result import LayerCost
-from amc.hardware.spec import VALID_BITS, LayerSpec, layer_signature, lower
+from amc.hardware.spec import TABLE_BITS, LayerSpec, layer_signature, lower
 from amc.utils import atomic_write_bytes
 
 FORMAT = "amc.hardware.table"
@@ -113,7 +113,7 @@ def build_table(
     cost_model: CostModelBase,
     *,
     max_points: int = 8,
-    bits: Sequence[int] = VALID_BITS,
+    bits: Sequence[int] = TABLE_BITS,
     multiple: int | None = None,
 ) -> CostTable:
     """Tabulate a cost model for its units.
