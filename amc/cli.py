@@ -162,6 +162,13 @@ def _fail(message: str, status: int = 2) -> None:
     sys.exit(status)
 
 
+def command_line_keys() -> list[str]:
+    """Keys the command line overrides, without ``+``/``~`` (``hardware``, ``env.w_bits``); none outside Hydra."""
+    if not HydraConfig.initialized():
+        return []
+    return [str(o).split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task]
+
+
 def continue_hint(cfg: DictConfig) -> str:
     """How to continue an interrupted command (for the one line printed on SIGINT/SIGTERM)."""
     task = str(cfg.get("task_name") or "")

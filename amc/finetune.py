@@ -35,7 +35,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from amc.checkpoint import config_hash
-from amc.cli import hydra_entry, progress_bar, run_cli, run_tensorboard
+from amc.cli import command_line_keys, hydra_entry, progress_bar, run_cli, run_tensorboard
 from amc.compress import Compressor, Policy, read_policy_json
 from amc.envs.budget import BudgetWall
 from amc.errors import AmcError
@@ -90,6 +90,25 @@ def search_config(policy_path: Path, trust_targets: Iterable[str] | None = ()) -
     return None
 
 
+def _hardware_overrides() -> list[str]:
+    """The command line's overrides of the ``hardware`` group or its keys (empty outside Hydra)."""
+    return [k for k in command_line_keys() if k == "hardware" or k.startswith("hardware.")]
+
+
+def _hardware_chosen() -> bool:
+    """Whether the command line picked a preset (``hardware=<name>``) or dropped it (``~hardware``)."""
+    return "hardware" in _hardware_overrides()
+
+
+def _hardware_keys_set(cfg: DictConfig) -> DictConfig:
+    """The ``hardware.<key>=...`` values the command line set, to apply on top of the search's preset."""
+    keys = [k.split(".", 1)[1] for k in _hardware_overrides() if "." in k]
+    out = OmegaConf.create({})
+    for key in keys:
+        OmegaConf.update(out, key, OmegaConf.select(cfg.hardware, key), force_add=True)
+    return out
+
+
 def resolve_policy(cfg: DictConfig) -> tuple[Path, DictConfig, DictConfig | None]:
     """The policy file, the config to take model/data/compressor options from, and the search's config.
 
@@ -119,8 +138,10 @@ def resolve_policy(cfg: DictConfig) -> tuple[Path, DictConfig, DictConfig | None
             merged[key] = search[key]
     if "seed" in search:
         merged.seed = search.seed
-    if search.get("hardware") is not None:  # budgets and the report on the accelerator the search targeted
-        merged.hardware = search.hardware
+    if search.get("hardware") is not None and not _hardware_chosen():
+        # budgets and the report on the accelerator the search targeted, unless the command line chose one
+        # (hardware=<preset>, or ~hardware for none); hardware.<key>=... still applies to the search's preset
+        merged.hardware = OmegaConf.merge(search.hardware, _hardware_keys_set(cfg))
     cache_dir = (search.get("paths") or {}).get("cache_dir")
     if cache_dir is not None:  # the baseline the search compressed, wherever that run kept it
         merged.paths.cache_dir = cache_dir

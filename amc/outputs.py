@@ -190,11 +190,15 @@ def print_report(report: dict[str, Any]) -> None:
         ["params (k)", fmt(d["params"], 1e-3), fmt(c["params"], 1e-3), fmt(c["params"], 1e-3)],
         ["size (KiB)", fmt(d["size_bits"], 1 / 8192), fmt(c["size_bits"], 1 / 8192), fmt(c["size_bits"], 1 / 8192)],
     ]
-    for label, key, unit in (
-        (f"sim. latency ({report['hardware']})", "latency_s", "s"),
-        (f"sim. energy ({report['hardware']})", "energy_j", "J"),
-        ("CPU latency, batch 1", "cpu_latency_s", "s"),
-    ):
+    simulated = (
+        [
+            (f"sim. latency ({report['hardware']})", "latency_s", "s"),
+            (f"sim. energy ({report['hardware']})", "energy_j", "J"),
+        ]
+        if report.get("hardware") is not None  # ~hardware: no simulated rows
+        else []
+    )
+    for label, key, unit in (*simulated, ("CPU latency, batch 1", "cpu_latency_s", "s")):
         rows.append([label, *(format_si(v, unit, reference=d[key]) for v in (d[key], c[key], c[key]))])
     table = tabulate(rows, headers=["", "original", "compressed", "fine-tuned"], tablefmt="github")
     files = f"compressed model: {report['files']['model']}" + (

@@ -26,7 +26,6 @@ from typing import Any
 
 import hydra
 import torch
-from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from tabulate import tabulate
@@ -41,7 +40,7 @@ from amc.agents.callbacks import (
     restore_rng,
 )
 from amc.checkpoint import config_hash
-from amc.cli import hydra_entry, run_cli, setup_run
+from amc.cli import command_line_keys, hydra_entry, run_cli, setup_run
 from amc.compress import Policy
 from amc.envs import CompressionEnv
 from amc.errors import AmcError
@@ -131,10 +130,7 @@ def run_dir_of(cfg: DictConfig) -> Path:
 
 def _resume_overrides() -> list[str]:
     """The command line's overrides other than ``resume`` and the machine settings (empty outside Hydra)."""
-    if not HydraConfig.initialized():
-        return []
-    keys = [str(o).split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task]
-    return [k for k in keys if k not in ("resume", *MACHINE_KEYS)]
+    return [k for k in command_line_keys() if k not in ("resume", *MACHINE_KEYS)]
 
 
 def prepare_run_dir(cfg: DictConfig) -> tuple[DictConfig, Path, Path | None, bool]:

@@ -568,6 +568,17 @@ def _text(path: Path) -> str:
     return path.read_text() if path.is_file() else ""
 
 
+def test_finetune_takes_the_hardware_the_command_line_chose(world: Path, tmp_path: Path) -> None:
+    # The search ran on bitfusion_edge; ~hardware on the command line drops the simulated rows instead.
+    out = tmp_path / "ft"
+    args = [f"policy={world / 'search'}", "epochs=0", "export.onnx=false", "export.latency_repeats=2"]
+    res = cli("amc.finetune", *args, "~hardware", f"hydra.run.dir={out}")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert json.loads((out / "report.json").read_text())["hardware"] is None
+    log = (out / "finetune.log").read_text()
+    assert "| CPU latency, batch 1" in log and "sim. latency" not in log, log[-2000:]
+
+
 def test_hardware_report_reads_a_search_policy(world: Path, tmp_path: Path) -> None:
     for policy in (world / "search", world / "search" / "best_policy.json"):
         res = cli("amc.hardware", f"policy={policy}", f"hydra.run.dir={tmp_path / policy.name}", "plots=false")
