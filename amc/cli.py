@@ -224,6 +224,11 @@ def run_cli(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     except (KeyboardInterrupt, Interrupted) as exc:
         name, status = ("SIGTERM", 143) if isinstance(exc, Interrupted) else ("Ctrl-C (SIGINT)", 130)
         _fail(f"interrupted by {name}; {continue_hint(cfg)}", status)
+    except BrokenPipeError:
+        # The reader of stdout went away (`amc-hardware ... | head`): stop quietly, as shell tools do. Python
+        # would flush stdout again at exit and print a second error: point it at /dev/null first.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(141)  # 128 + SIGPIPE, what a shell reports for a tool killed by it
     except Exception as exc:
         # Hydra wraps errors raised while instantiating configs; report the user's problem, not the wrapper.
         cause: BaseException | None = exc

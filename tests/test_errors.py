@@ -579,6 +579,14 @@ def test_finetune_takes_the_hardware_the_command_line_chose(world: Path, tmp_pat
     assert "| CPU latency, batch 1" in log and "sim. latency" not in log, log[-2000:]
 
 
+def test_hardware_report_into_a_closed_pipe_stops_quietly(tmp_path: Path) -> None:
+    # `amc-hardware ... | head -1`: the reader goes away; here it is gone before the first line is written.
+    proc = _popen("amc.hardware", "model=fmnist_cnn", "plots=false", f"hydra.run.dir={tmp_path / 'hw'}")
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141 and "Traceback" not in err and "Error" not in err, err[-2000:]
+
+
 def test_hardware_report_reads_a_search_policy(world: Path, tmp_path: Path) -> None:
     for policy in (world / "search", world / "search" / "best_policy.json"):
         res = cli("amc.hardware", f"policy={policy}", f"hydra.run.dir={tmp_path / policy.name}", "plots=false")

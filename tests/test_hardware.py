@@ -481,10 +481,11 @@ def test_cli_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
         )
     )
     with initialize_config_module(config_module="amc.conf", version_base="1.3"):
-        cfg = compose("hardware_report", overrides=["hardware=systolic_ws_32x32", f"policy={policy_file}"])
+        cfg = compose("hardware_report", overrides=["hardware=systolic_ws_32x32", f"policy={policy_file}", "batch=4"])
     results = hardware_report(cfg, out_dir=tmp_path)
     assert set(results) == {"dense", "policy"}
     assert results["policy"].energy_j < results["dense"].energy_j
     assert (tmp_path / "roofline.png").is_file() and (tmp_path / "latency_breakdown.png").is_file()
     out = capsys.readouterr().out
     assert "systolic_ws_32x32" in out and "util %" in out
+    assert ", batch=4," in out.splitlines()[0] and out.splitlines()[1].endswith("batch 4")  # the batch costed

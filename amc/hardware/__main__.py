@@ -51,7 +51,7 @@ def hardware_report(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[
     graph = build_graph(model, data.input_shape, check_routing=False)  # units only
     hw = HardwareModel(accelerator, graph.units, batch=cfg.get("batch"))
     policy = load_policy(cfg.policy, graph.units) if cfg.get("policy") else None  # a bad file fails before any table
-    about = accelerator.describe()
+    about = {**accelerator.describe(), "batch": hw.batch}  # batch= on the command line replaces the preset's
     print("hardware: " + ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in about.items()))
     print(f"model: {type(model).__name__}, input {tuple(data.input_shape)}, {len(graph.units)} units, batch {hw.batch}")
     dense = hw.model_cost()
