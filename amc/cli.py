@@ -235,9 +235,26 @@ def run_cli(fn: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
         while cause is not None and not isinstance(cause, AmcError):
             cause = cause.__cause__
         if cause is None:
-            raise
+            missing = _unimportable_target(exc)
+            if missing is None:
+                raise
+            remove_untouched_run_dir()
+            _fail(
+                f"cannot import _target_ {missing!r}: check its spelling, and that its module is importable from "
+                "here (PYTHONPATH, or pip install the package that holds it)"
+            )
         remove_untouched_run_dir()
         _fail(str(cause))
+
+
+def _unimportable_target(exc: BaseException) -> str | None:
+    """The ``_target_`` that Hydra could not import, when that is what ``exc`` is (else ``None``)."""
+    from hydra.errors import InstantiationException
+
+    if not isinstance(exc, InstantiationException):
+        return None
+    found = re.match(r"Error locating target '([^']+)'", str(exc))
+    return found.group(1) if found else None
 
 
 def remove_untouched_run_dir() -> None:

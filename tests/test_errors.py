@@ -249,6 +249,12 @@ CASES: dict[str, tuple[str, list[str], str, int]] = {
         2,
     ),
     "hardware-unknown-preset": ("amc.hardware", ["hardware=tpu9"], r"Could not find 'hardware/tpu9'", 1),
+    "train-model-target-unimportable": (
+        "amc.train",
+        ["model._target_=mynet.DoesNotExist"],
+        r"cannot import _target_ 'mynet.DoesNotExist': check its spelling.*PYTHONPATH",
+        2,
+    ),
     "hardware-policy-missing": (
         "amc.hardware",
         ["policy={root}/nowhere.json", "plots=false"],
