@@ -7,10 +7,12 @@ Each round searches the previous round's fine-tuned model with the search run's 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +106,8 @@ def iterate(
     topk = (1, 5) if data.num_classes > 5 else (1,)
     acc_dense = accuracy(dense, data.test_loader(), device, topk)
     episodes = int(cfg.round_episodes) if cfg.get("round_episodes") else int(search_cfg.episodes)
+    with _episodes_as(cfg):  # each round's search runs `episodes`: its agent's schedule must fit them
+        instantiate(search_cfg.agent).validate(episodes)
 
     model: nn.Module = copy.deepcopy(dense)
     kept_idx = [torch.arange(c) for c in graph0.full_channels()]  # the original channels ``model`` holds
@@ -131,7 +135,8 @@ def iterate(
         prev_test = acc_dense["top1"] if not log_rows else log_rows[-1]["test_after"]
         log.info("round %d/%d: budgets %s of the current model", r, rounds, budgets)
         callbacks = build_callbacks(cfg, search_cfg.get("callbacks"))  # never built from the search's file
-        summary, env = search(rcfg, model, data, {"test_top1": prev_test}, rdir, checkpoint, callbacks=callbacks)
+        with _episodes_as(cfg):
+            summary, env = search(rcfg, model, data, {"test_top1": prev_test}, rdir, checkpoint, callbacks=callbacks)
         policy = Policy.load(rdir / "best_policy.json", env.graph)
         compressed = env.compressor.apply(policy, channels_last=False)  # the deployable model: NCHW, as amc.finetune
         test_before = accuracy(compressed, data.test_loader(), device, topk)["top1"]
@@ -222,3 +227,14 @@ def iterate(
     )
     print_report(report)
     return report
+
+
+@contextlib.contextmanager
+def _episodes_as(cfg: DictConfig) -> Iterator[None]:
+    """Errors about a round's episode count name ``round_episodes`` when that key set it (the fix is there)."""
+    try:
+        yield
+    except AmcError as exc:
+        if not cfg.get("round_episodes"):
+            raise
+        raise AmcError(re.sub(r"\bepisodes(?==)|(?<=raise )episodes\b", "round_episodes", str(exc))) from None

@@ -278,6 +278,26 @@ def test_finetune_of_a_search_run_starts_from_what_the_search_saw(
     assert report["compressed"]["macs"] <= 0.5 * report["dense"]["macs"]
 
 
+def test_rounds_name_round_episodes_when_the_agent_does_not_fit_them(
+    setup: dict, search_run: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from omegaconf import OmegaConf
+
+    run = tmp_path / "search"
+    shutil.copytree(search_run, run)
+    saved = OmegaConf.load(run / "config.yaml")
+    with initialize_config_module(config_module="amc.conf", version_base="1.3"):
+        saved.agent = compose("train", overrides=["agent=ddpg"]).agent
+    saved.agent.warmup = 2  # two warm-up episodes leave none to learn in 2
+    OmegaConf.save(saved, run / "config.yaml")
+    cfg = compose_cfg(setup["root"], run, "rounds=2", "round_episodes=2", "epochs=0", "export.onnx=false")
+    with pytest.raises(AmcError, match=r"round_episodes=2.*raise round_episodes") as err:
+        finetune(cfg, out_dir=tmp_path / "ft")
+    assert " episodes=" not in str(err.value) and not (tmp_path / "ft" / "round1").exists()
+
+
 def test_rounds_reach_the_target_iteratively_and_resume(setup: dict, search_run: Path, tmp_path: Path) -> None:
     args = ("rounds=2", "round_episodes=2", "epochs=1", "export.onnx=false")
     report = finetune(compose_cfg(setup["root"], search_run, *args), out_dir=tmp_path)
