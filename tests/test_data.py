@@ -742,3 +742,8 @@ def test_fetch_command_says_where_the_files_are(
         == f"fashion_mnist: ready ({tmp_path / 'fm'}, found there: nothing was downloaded into {tmp_path / 'empty'})"
     )
     assert not (tmp_path / "empty").exists()
+
+
+def test_missing_cifar_names_every_layout_it_reads(tmp_path: Path) -> None:
+    with pytest.raises(AmcError, match=r"expected cifar-10-batches-py/, cifar-10-python.tar.gz, or its batch files"):
+        CIFAR10(root=str(tmp_path)).setup()

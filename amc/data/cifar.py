@@ -183,8 +183,8 @@ def locate_cifar(resource: CifarResource, root: str | Path, download: bool = Fal
         download_file([resource.url], archive, resource.md5)
     else:
         raise AmcError(
-            f"{resource.title} not found under {root} (expected {resource.folder}/ or {resource.archive}): "
-            "set data.download=true or put the official archive there"
+            f"{resource.title} not found under {root} (expected {resource.folder}/, {resource.archive}, or its "
+            f"batch files ({needed[0]} ...) in {root} itself): set data.download=true or put the official archive there"
         )
     log.info("extracting %s into %s", archive, root)
     safe_extract_tar(archive, root)
