@@ -489,3 +489,35 @@ def test_cli_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert "systolic_ws_32x32" in out and "util %" in out
     assert ", batch=4," in out.splitlines()[0] and out.splitlines()[1].endswith("batch 4")  # the batch costed
+
+
+def test_hand_written_policy_channels_must_chain_through_the_model(tmp_path: Path) -> None:
+    from amc.compress import Policy
+    from amc.graph import build_graph
+    from amc.hardware.__main__ import check_channel_chain
+    from amc.hardware.report import load_policy
+    from amc.models import build_model
+
+    graph = build_graph(build_model("resnet20", num_classes=10, in_channels=3), (3, 32, 32), check_routing=False)
+    kept = [max(1, c // 2) if g.prunable else c for g, c in zip(graph.groups, graph.full_channels())]
+    n = len(graph.units)
+    doc = Policy.of(kept, [4] * n, [4] * n).to_dict(graph)  # what a search writes: it chains
+    path = tmp_path / "policy.json"
+
+    def check(d: dict) -> None:
+        path.write_text(json.dumps(d))
+        check_channel_chain(load_policy(path, graph.units), graph, path)
+
+    check(doc)
+    broken = json.loads(json.dumps(doc))
+    consumer = next(u for u in broken["units"] if u["in_channels"] < u["dense_in_channels"])
+    consumer["in_channels"] = consumer["dense_in_channels"]  # reads more than the unit before it writes
+    with pytest.raises(
+        AmcError, match=rf"{consumer['name']}.in_channels={consumer['dense_in_channels']}, .* set in_channels"
+    ):
+        check(broken)
+    summed = next(g for g in graph.groups if len(g.producers) > 1)  # a residual sum: its writers keep one count
+    broken = json.loads(json.dumps(doc))
+    broken["units"][summed.producers[-1]]["out_channels"] -= 1
+    with pytest.raises(AmcError, match=r"write one channel group .* give them one out_channels"):
+        check(broken)

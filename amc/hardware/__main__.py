@@ -8,7 +8,9 @@ unquantized, and under the policy when one is given, and writes ``roofline.png``
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -16,6 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from amc.cli import hydra_entry, run_cli
+from amc.errors import AmcError
 from amc.hardware.model import HardwareModel
 from amc.hardware.presets import build_accelerator
 from amc.hardware.report import (
@@ -51,6 +54,8 @@ def hardware_report(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[
     graph = build_graph(model, data.input_shape, check_routing=False)  # units only
     hw = HardwareModel(accelerator, graph.units, batch=cfg.get("batch"))
     policy = load_policy(cfg.policy, graph.units) if cfg.get("policy") else None  # a bad file fails before any table
+    if policy is not None:
+        check_channel_chain(policy, graph, cfg.policy)
     about = {**accelerator.describe(), "batch": hw.batch}  # batch= on the command line replaces the preset's
     print("hardware: " + ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in about.items()))
     print(f"model: {type(model).__name__}, input {tuple(data.input_shape)}, {len(graph.units)} units, batch {hw.batch}")
@@ -76,6 +81,42 @@ def hardware_report(cfg: DictConfig, out_dir: str | Path | None = None) -> dict[
         bars = plot_latency_breakdown(runs, out / "latency_breakdown.png")
         log.info("wrote %s and %s", roof, bars)
     return results
+
+
+def check_channel_chain(policy: Sequence[UnitPolicy], graph: Any, path: Any) -> None:
+    """Refuse a policy whose channel counts do not chain through the model (it would be mis-costed).
+
+    The units that produce one channel group (a residual sum, a concatenation's part) must keep the same
+    count, and each unit must read what the units before it keep: ``fixed_in + sum(kept[g] * m)`` over its
+    input groups, as the search counts them (``amc.compress``). A search's own policy always chains; a
+    hand-written one may not.
+
+    Args:
+        policy: one entry per unit (:func:`load_policy`).
+        graph: the model's :class:`amc.graph.ModelGraph`.
+        path: the policy file, for the message.
+
+    Raises:
+        AmcError: naming the first unit that breaks the chain and the count it needs.
+    """
+    kept = graph.full_channels()
+    for g in graph.groups:
+        counts = {int(policy[i].out_channels) for i in g.producers}
+        if len(counts) > 1:
+            names = ", ".join(str(graph.units[i].name) for i in g.producers)
+            raise AmcError(
+                f"policy {path}: {names} write one channel group (summed or shared) but keep {sorted(counts)} "
+                "output channels; give them one out_channels"
+            )
+        if counts:
+            kept[g.index] = counts.pop()
+    for u, pol in zip(graph.units, policy):
+        want = int(u.fixed_in + sum(kept[g] * m for g, m in u.in_groups))
+        if int(pol.in_channels) != want:
+            raise AmcError(
+                f"policy {path}: {u.name}.in_channels={pol.in_channels}, but the units before it keep {want} of "
+                f"its inputs; set in_channels={want} (or list those units with their dense out_channels)"
+            )
 
 
 @hydra.main(version_base="1.3", config_path="pkg://amc.conf", config_name="hardware_report")
