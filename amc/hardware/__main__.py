@@ -87,9 +87,9 @@ def check_channel_chain(policy: Sequence[UnitPolicy], graph: Any, path: Any) -> 
     """Refuse a policy whose channel counts do not chain through the model (it would be mis-costed).
 
     The units that produce one channel group (a residual sum, a concatenation's part) must keep the same
-    count, and each unit must read what the units before it keep: ``fixed_in + sum(kept[g] * m)`` over its
-    input groups, as the search counts them (``amc.compress``). A search's own policy always chains; a
-    hand-written one may not.
+    count, and each unit must read what the units before it keep, as the search counts it
+    (:meth:`amc.cost.CostModel.unit_channels`). A search's own policy always chains; a hand-written one
+    may not.
 
     Args:
         policy: one entry per unit (:func:`load_policy`).
@@ -110,8 +110,10 @@ def check_channel_chain(policy: Sequence[UnitPolicy], graph: Any, path: Any) -> 
             )
         if counts:
             kept[g.index] = counts.pop()
-    for u, pol in zip(graph.units, policy):
-        want = int(u.fixed_in + sum(kept[g] * m for g, m in u.in_groups))
+    from amc.cost import CostModel
+
+    c_in, _ = CostModel(graph).unit_channels(kept)
+    for u, pol, want in zip(graph.units, policy, c_in.tolist()):
         if int(pol.in_channels) != want:
             raise AmcError(
                 f"policy {path}: {u.name}.in_channels={pol.in_channels}, but the units before it keep {want} of "
