@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     except AmcError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    where = Path(getattr(data, "location", args.root))
+    where = Path(data.location)
     if where.resolve() == Path(args.root).expanduser().resolve():
         print(f"{data.name}: ready ({args.root})")
     else:  # found in a system folder (e.g. Debian's package): nothing was downloaded into root

@@ -144,7 +144,11 @@ def _check_pair(images: np.ndarray, labels: np.ndarray, img_path: Path, lbl_path
 
 
 def load_idx_dataset(
-    resource: IdxResource, root: str | Path, download: bool = False, num_classes: int = 10
+    resource: IdxResource,
+    root: str | Path,
+    download: bool = False,
+    num_classes: int = 10,
+    paths: dict[str, Path] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Load an MNIST-style dataset as uint8 arrays.
 
@@ -153,6 +157,7 @@ def load_idx_dataset(
         root: the configured data folder.
         download: fetch missing files into ``root``.
         num_classes: labels must be below this.
+        paths: the four files when the caller already located them (:func:`locate_idx_files`); else found here.
 
     Returns:
         ``(train_images, train_labels, test_images, test_labels)``; images are ``N x 1 x 28 x 28`` uint8,
@@ -162,7 +167,7 @@ def load_idx_dataset(
         AmcError: missing, corrupt or inconsistent files.
     """
     start = time.perf_counter()
-    paths = locate_idx_files(resource, root, download)
+    paths = paths if paths is not None else locate_idx_files(resource, root, download)
     arrays = {name: read_idx(path) for name, path in paths.items()}
     out = []
     for img, lbl in ((TRAIN_IMAGES, TRAIN_LABELS), (TEST_IMAGES, TEST_LABELS)):

@@ -389,9 +389,9 @@ class _IdxDataModule(InMemoryDataModule):
     RESOURCE: ClassVar[mnist.IdxResource]
 
     def _load_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        # Where the files are: root, or a system folder searched after it (Debian's package)
-        self.location = str(mnist.locate_idx_files(self.RESOURCE, self.root, self.download)[mnist.TRAIN_IMAGES].parent)
-        return mnist.load_idx_dataset(self.RESOURCE, self.root, self.download, self.NUM_CLASSES)
+        paths = mnist.locate_idx_files(self.RESOURCE, self.root, self.download)
+        self.location = str(paths[mnist.TRAIN_IMAGES].parent)  # root, or a system folder (Debian's package)
+        return mnist.load_idx_dataset(self.RESOURCE, self.root, self.download, self.NUM_CLASSES, paths=paths)
 
 
 class FashionMNIST(_IdxDataModule):
