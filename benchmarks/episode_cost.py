@@ -256,7 +256,7 @@ class _EnvClock:
 
 def agent_share(args: argparse.Namespace) -> None:
     """Seconds per episode of a DDPG search, split into the environment's, the outputs' and the rest (the agent)."""
-    from amc.agents import CallbackList, DDPGAgent
+    from amc.agents import DDPGAgent
 
     with tempfile.TemporaryDirectory() as tmp:
         env = bench_env(args.model, args.split, args.mode, Path(tmp), device=args.device)
@@ -271,7 +271,7 @@ def agent_share(args: argparse.Namespace) -> None:
             callbacks.seconds["TensorBoardLogger"] += time.perf_counter() - t1
         total = time.perf_counter() - t0
     per, env_s = total / args.episodes, clock.seconds / args.episodes
-    out_s = sum(callbacks.seconds.values()) / args.episodes if isinstance(callbacks, CallbackList) else 0.0
+    out_s = sum(callbacks.seconds.values()) / args.episodes if callbacks is not None else 0.0
     print(
         f"workload: {args.model} {args.mode}, split {args.split}, {args.episodes} episodes ({args.warmup} random), "
         f"{len(env.graph.units)} steps each, env on {args.device}, agent on {args.agent_device}, "
@@ -281,7 +281,7 @@ def agent_share(args: argparse.Namespace) -> None:
     print(f"{'s per episode':<36}{per:>9.4f}")
     print(f"{'  environment (compress, evaluate)':<36}{env_s:>9.4f}")
     print(f"{'  agent (updates, predictions)':<36}{rest:>9.4f}  ({rest / per:.0%} of the episode)")
-    if isinstance(callbacks, CallbackList):
+    if callbacks is not None:
         print(f"{'  callbacks and outputs':<36}{out_s:>9.4f}  ({out_s / per:.0%} of the episode)")
         for name, seconds in sorted(callbacks.seconds.items(), key=lambda kv: -kv[1]):
             print(f"{'    ' + name:<36}{seconds / args.episodes:>9.4f}")
@@ -300,7 +300,7 @@ def outputs_of(args: argparse.Namespace, agent, env: CompressionEnv, run_dir: Pa
     with initialize_config_module(config_module="amc.conf", version_base="1.3"):
         cfg = compose("train", overrides=overrides)
     callbacks, _, tensorboard = run_outputs(cfg, agent, env, run_dir, build_callbacks(cfg))
-    return callbacks, lambda: tensorboard.finish()
+    return callbacks, tensorboard.finish
 
 
 def _status_kib(pid: int, key: str) -> int:
